@@ -1,0 +1,8 @@
+"""Assets shared between DAGs: the upload DAG's tracings group emits, the neuron metadata DAG listens."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+# Emitted when the tracings of a sample have been (re)uploaded; schedules a neuron metadata rebuild.
+TRACINGS_UPDATED = Asset(name="hortacloud_tracings", uri="hortacloud://janelia-mouselight-imagery/tracings/")
