@@ -1,0 +1,121 @@
+"""
+### Upload a MouseLight sample to `s3://janelia-mouselight-imagery`
+
+Trigger with a sample date and the products to publish. The **plan** step checks the values, finds each
+product's source folders and logs the plan (as the old generated scripts read); then one task group per product
+transfers it:
+
+* **images**: `ktx/` and the four top-level files, synced by the worker itself (incremental, verified);
+* **registration, segmentation, tracings, carveouts**: one LSF job per source folder running `aws s3 sync` on
+  the cluster, followed to its end.
+
+Re-running a failed run uploads only what is missing. `dry_run` logs what would be uploaded and writes nothing.
+Site paths, bucket and connections come from `include/hortacloud.toml` (README, Configuration).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+from airflow.sdk import Param, TaskGroup, dag, task
+
+from hortacloud.config import load_config
+from hortacloud.products import PRODUCT_NAMES, PRODUCTS
+from hortacloud.sample import SAMPLE_PATTERN
+
+CONFIG = load_config()
+
+
+@dag(
+    dag_id="hortacloud_upload_sample",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["hortacloud", "mouselight", "upload"],
+    max_active_runs=4,
+    default_args={
+        "owner": "mouselight",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+    },
+    params={
+        "sample": Param(
+            type="string",
+            pattern=SAMPLE_PATTERN,
+            format="date",
+            title="Sample date",
+            description="The sample to publish, as YYYY-MM-DD (the name of its folder), e.g. 2023-05-10.",
+            section="Sample",
+        ),
+        "products": Param(
+            ["images"],
+            type="array",
+            items={"type": "string", "enum": list(PRODUCT_NAMES)},
+            uniqueItems=True,
+            minItems=1,
+            examples=list(PRODUCT_NAMES),
+            values_display={product.name: product.title for product in PRODUCTS},
+            title="Products",
+            description="What to upload. Images run on the worker; the others as LSF jobs on the cluster.",
+            section="Sample",
+        ),
+        "image_base": Param(
+            None,
+            type=["null", "string"],
+            title="Images folder (optional)",
+            description="Absolute path of the sample's rendered images, when it is in neither "
+            f"{' nor '.join(CONFIG.images.bases)}.",
+            section="Where the data is",
+        ),
+        "segmentation_dirs": Param(
+            ["stitching-output"],
+            type="array",
+            items={"type": "string"},
+            minItems=1,
+            title="Segmentation folders",
+            description="Folders below Reconstructions/<date>/ to upload, one per line; each becomes one LSF job.",
+            section="Where the data is",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Log what would be uploaded and submitted; write nothing to S3, submit nothing to LSF.",
+            section="Options",
+        ),
+    },
+)
+def hortacloud_upload_sample() -> None:
+    @task(multiple_outputs=True, retries=0)
+    def plan(**context):  # type: ignore[no-untyped-def]
+        from hortacloud.upload import plan_step
+
+        return plan_step(context["params"])
+
+    @task
+    def upload(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
+        from hortacloud.upload import images_step
+
+        return images_step(transfers, context["params"])
+
+    @task
+    def submit(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        if not transfers:
+            raise AirflowSkipException("not chosen for this run")
+        raise AirflowFailException("cluster products are not implemented yet (LSF operator, issue 3)")
+
+    planned = plan()
+    for product in PRODUCTS:
+        with TaskGroup(group_id=product.name, tooltip=product.description):
+            if product.mechanism == "s3sync":
+                upload(planned[product.name])
+            else:
+                submit(planned[product.name])
+
+
+hortacloud_upload_sample()
