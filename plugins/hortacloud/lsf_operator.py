@@ -1,0 +1,331 @@
+"""``LsfJobOperator``: submit one command to LSF with bsub, follow it to its end, cancel it, never run it twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator, conf
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from hortacloud.lsf import (
+    NEED_HISTORY,
+    JobStatus,
+    JobWatch,
+    LsfError,
+    LsfHook,
+    LsfRejected,
+    bsub_argv,
+    lsf_job_name,
+    shell_line,
+)
+from hortacloud.lsf_trigger import LsfJobTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Key in ``context["task_state_store"]`` (Airflow 3.3) and in XCom: {"job_id", "job_name", "output_file"}.
+STATE_KEY = "lsf_job"
+
+
+class LsfJobOperator(BaseOperator):
+    """Run ``command`` as an LSF job and succeed or fail with it.
+
+    Before submitting, the operator looks for the job an earlier try of the same task instance submitted (its id in
+    the task state store, else ``bjobs -a -J <name>``): it attaches to a pending or running one, and returns at once
+    if it finished successfully, so a retry after a worker crash or a lost SSH link never starts a second transfer.
+    An earlier job that failed is resubmitted (that is what the retry is for) unless ``resubmit_failed`` is off.
+
+    The ``-J`` name is ``<job_name>.<hash>``, the hash taken over dag_id, run_id, task_id, map_index and source, so
+    it is the same on every try and readable in ``bjobs`` (``seg0510-1.3f9c2a7d1e``).
+
+    :param command: the job's command line, one bsub argument, run by the job's shell (templated).
+    :param job_name: readable prefix of the ``-J`` name, e.g. the old script's ``seg0510-1`` (templated).
+    :param source: what this job transfers; part of the name hash, so two sources never share a job (templated).
+    :param lsf_conn_id: Airflow connection (conn_type ``ssh``: login node; otherwise local). See ``LsfHook``.
+    :param profile: ``profile.lsf`` sourced before each LSF command.
+    :param slots: ``bsub -n``.
+    :param project: ``bsub -P`` (templated).
+    :param queue: ``bsub -q``; empty for LSF's default queue (templated).
+    :param runlimit_minutes: ``bsub -W``; 0 for none.
+    :param output_file: ``bsub -o``, ``%J`` allowed; its tail goes into the failure message (templated).
+    :param poll_interval: seconds between bjobs calls.
+    :param not_found_grace: seconds after submission during which a job missing from bjobs is not alarming.
+    :param max_poll_failures: consecutive failed polls before the task fails (the job itself is left running).
+    :param command_timeout: seconds each LSF command may take.
+    :param submit_retries: extra bsub attempts after transient failures (each preceded by a lookup by name).
+    :param output_format: ``json`` (LSF 10.1.0.2+) or ``text``.
+    :param cancel_on_kill: bkill the job when the task is killed (blocking ``on_kill`` and the trigger's).
+    :param reattach: look for an earlier try's job before submitting.
+    :param resubmit_failed: resubmit when the earlier try's job ended in failure; off: fail with its result.
+    :param dry_run: log the bsub command line and submit nothing.
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``) instead of a worker slot.
+    """
+
+    template_fields: Sequence[str] = ("command", "job_name", "source", "project", "queue", "output_file")
+    template_fields_renderers = {"command": "bash"}
+    ui_color = "#c9e4f6"
+
+    def __init__(
+        self,
+        *,
+        command: str,
+        job_name: str = "",
+        source: str = "",
+        lsf_conn_id: str | None = LsfHook.default_conn_name,
+        profile: str = "",
+        slots: int | None = None,
+        project: str = "",
+        queue: str = "",
+        runlimit_minutes: int = 0,
+        output_file: str = "",
+        poll_interval: float = 60.0,
+        not_found_grace: float = 120.0,
+        max_poll_failures: int = 10,
+        command_timeout: float = 120.0,
+        submit_retries: int = 3,
+        retry_delay: float = 5.0,
+        output_format: Literal["json", "text"] = "json",
+        bhist_files: int = 2,
+        cancel_on_kill: bool = True,
+        reattach: bool = True,
+        resubmit_failed: bool = True,
+        dry_run: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.command = command
+        self.job_name = job_name
+        self.source = source
+        self.lsf_conn_id = lsf_conn_id
+        self.profile = profile
+        self.slots = slots
+        self.project = project
+        self.queue = queue
+        self.runlimit_minutes = runlimit_minutes
+        self.output_file = output_file
+        self.poll_interval = poll_interval
+        self.not_found_grace = not_found_grace
+        self.max_poll_failures = max_poll_failures
+        self.command_timeout = command_timeout
+        self.submit_retries = submit_retries
+        self.retry_delay = retry_delay
+        self.output_format = output_format
+        self.bhist_files = bhist_files
+        self.cancel_on_kill = cancel_on_kill
+        self.reattach = reattach
+        self.resubmit_failed = resubmit_failed
+        self.dry_run = dry_run
+        self.deferrable = deferrable
+        self.lsf_job_id: str | None = None
+
+    @cached_property
+    def hook(self) -> LsfHook:
+        return LsfHook(
+            self.lsf_conn_id,
+            profile=self.profile,
+            command_timeout=self.command_timeout,
+            retries=self.submit_retries,
+            retry_delay=self.retry_delay,
+            output_format=self.output_format,
+            bhist_files=self.bhist_files,
+        )
+
+    # -- helpers
+
+    def lsf_name(self, context: Context) -> str:
+        ti = context["ti"]
+        return lsf_job_name(
+            self.job_name,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=getattr(ti, "map_index", -1),
+            source=self.source,
+        )
+
+    def bsub_argv(self, name: str) -> list[str]:
+        return bsub_argv(
+            command=self.command,
+            job_name=name,
+            slots=self.slots,
+            project=self.project,
+            queue=self.queue,
+            runlimit_minutes=self.runlimit_minutes,
+            output_file=self.output_file,
+        )
+
+    @staticmethod
+    def _state_store(context: Context) -> Any | None:
+        return context.get("task_state_store")  # type: ignore[misc]
+
+    def _stored_job(self, context: Context) -> dict[str, Any] | None:
+        store = self._state_store(context)
+        if store is None:
+            return None
+        try:
+            value = store.get(STATE_KEY)
+        except Exception as err:  # no supervisor (dag.test, older Airflow): the name lookup still protects us
+            self.log.debug("task_state_store unavailable: %s", err)
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _remember(self, context: Context, job_id: str, name: str, submitted_at: float) -> None:
+        record = {
+            "job_id": job_id,
+            "job_name": name,
+            "output_file": self._output_path(job_id),
+            "submitted_at": submitted_at,
+        }
+        store = self._state_store(context)
+        if store is not None:
+            try:
+                store.set(STATE_KEY, record)
+            except Exception as err:
+                self.log.debug("task_state_store unavailable: %s", err)
+        context["ti"].xcom_push(key=STATE_KEY, value=record)
+
+    def _output_path(self, job_id: str) -> str:
+        return self.output_file.replace("%J", job_id).replace("%I", "0") if self.output_file else ""
+
+    def _earlier_job(self, context: Context, name: str) -> JobStatus | None:
+        """The job an earlier try submitted under ``name``: from the state store (name checked), else by name."""
+        stored = self._stored_job(context)
+        if stored and stored.get("job_name") == name and stored.get("job_id"):
+            job_id = str(stored["job_id"])
+            try:
+                job = self.hook.statuses([job_id]).statuses.get(job_id)
+            except LsfError as err:
+                self.log.warning("Could not ask LSF about stored job %s (%s); looking it up by name", job_id, err)
+                job = None
+            if job is not None and job.job_name == name:
+                return job
+            if job is not None:
+                self.log.warning("LSF job id %s now belongs to %r (id reused); not attaching", job_id, job.job_name)
+        found = self.hook.find_by_name(name)
+        if len(found) > 1:
+            self.log.warning("LSF knows %d jobs named %s (%s); following the newest", len(found), name, found)
+        return found[0] if found else None
+
+    # -- execution
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        name = self.lsf_name(context)
+        argv = self.bsub_argv(name)
+        if self.dry_run:
+            self.log.info("Dry run: would submit %s", shell_line(argv))
+            return None
+        submitted_at = time.time()
+        job: JobStatus | None = None
+        failed_before: set[str] = set()
+        if self.reattach:
+            try:
+                job = self._earlier_job(context, name)
+            except LsfError as err:
+                raise AirflowException(
+                    f"Could not check LSF for an earlier job {name} ({err}); not submitting"
+                ) from err
+        if job is not None:
+            self.lsf_job_id = job.job_id
+            self.log.info("Found LSF job %s (%s) from an earlier try, %s", job.job_id, name, job.stat)
+            if job.phase == "success":
+                self._remember(context, job.job_id, name, submitted_at)
+                return self._succeed(JobWatch(job.job_id, name, submitted_at).final(job))
+            if job.phase == "failure" and self.resubmit_failed:
+                self.log.info("Earlier LSF job %s failed (%s); submitting it again", job.job_id, job.exit_reason)
+                failed_before.add(job.job_id)
+                job = None
+            elif job.phase == "failure":
+                self._remember(context, job.job_id, name, submitted_at)
+                return self._finish(JobWatch(job.job_id, name, submitted_at).final(job))
+            else:
+                # Re-attaching: the job is visible, so no grace period is needed.
+                submitted_at = 0.0
+        if job is None:
+            self.log.info("Submitting: %s", shell_line(argv))
+            try:
+                self.lsf_job_id = self.hook.submit(argv, name, ignore=failed_before)
+            except LsfRejected as err:
+                raise AirflowFailException(str(err)) from err
+            except LsfError as err:
+                raise AirflowException(str(err)) from err
+            self.log.info("Submitted LSF job %s (%s) for %s", self.lsf_job_id, name, self.source or self.task_id)
+        assert self.lsf_job_id is not None
+        self._remember(context, self.lsf_job_id, name, submitted_at)
+        if self.deferrable:
+            self.defer(
+                trigger=LsfJobTrigger(
+                    job_id=self.lsf_job_id,
+                    job_name=name,
+                    submitted_at=submitted_at,
+                    lsf_conn_id=self.lsf_conn_id,
+                    profile=self.profile,
+                    poll_interval=self.poll_interval,
+                    not_found_grace=self.not_found_grace,
+                    max_poll_failures=self.max_poll_failures,
+                    command_timeout=self.command_timeout,
+                    output_format=self.output_format,
+                    bhist_files=self.bhist_files,
+                    cancel_on_kill=self.cancel_on_kill,
+                ),
+                method_name="execute_complete",
+                timeout=self.execution_timeout,
+            )
+        return self._finish(self._wait(self.lsf_job_id, name, submitted_at))
+
+    def _wait(self, job_id: str, name: str, submitted_at: float) -> dict[str, Any]:
+        """Blocking mode: the trigger's loop, in the worker."""
+        watch = JobWatch(
+            job_id=job_id,
+            job_name=name,
+            submitted_at=submitted_at,
+            not_found_grace=self.not_found_grace,
+            max_poll_failures=self.max_poll_failures,
+            log=self.log,
+        )
+        while True:
+            outcome: dict[str, Any] | str | None
+            try:
+                outcome = watch.observe(self.hook.statuses([job_id]), time.time())
+                if outcome == NEED_HISTORY:
+                    outcome = watch.observe_history(self.hook.history(job_id))
+            except LsfError as err:
+                outcome = watch.observe_failure(err)
+            if isinstance(outcome, dict):
+                return outcome
+            time.sleep(watch.backoff(self.poll_interval))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: succeed, or raise with the job's own words."""
+        if not event or "status" not in event:
+            raise AirflowException(f"LSF trigger sent an unreadable event: {event!r}")
+        self.lsf_job_id = str(event.get("job_id") or "") or None
+        return self._finish(event)
+
+    def _succeed(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.log.info("%s", event["message"])
+        return {"job_id": event["job_id"], "job_name": event["job_name"], "stat": event.get("stat")}
+
+    def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] == "success":
+            return self._succeed(event)
+        message = str(event.get("message") or f"LSF job {event.get('job_id')} did not succeed")
+        tail = self.hook.tail(self._output_path(str(event.get("job_id") or "")))
+        if tail:
+            message += f"\nLast lines of {self._output_path(str(event['job_id']))}:\n{tail.rstrip()}"
+        self.log.error("%s", message)
+        raise AirflowException(message)
+
+    def on_kill(self) -> None:
+        """Blocking mode: the task was killed; bkill the job (a finished or unknown job is fine)."""
+        if not self.cancel_on_kill or not self.lsf_job_id:
+            return
+        try:
+            outcome = self.hook.kill(self.lsf_job_id)
+        except LsfError as err:
+            self.log.error("Could not bkill LSF job %s: %s", self.lsf_job_id, err)
+            return
+        self.log.info("Task killed: bkill %s -> %s", self.lsf_job_id, outcome)
