@@ -20,7 +20,9 @@ import datetime as dt
 import pendulum
 from airflow.sdk import Param, TaskGroup, dag, task
 
+from hortacloud.assets import TRACINGS_UPDATED
 from hortacloud.config import load_config
+from hortacloud.lsf_operator import LsfJobOperator
 from hortacloud.products import PRODUCT_NAMES, PRODUCTS
 from hortacloud.sample import SAMPLE_PATTERN
 
@@ -102,12 +104,10 @@ def hortacloud_upload_sample() -> None:
         return images_step(transfers, context["params"])
 
     @task
-    def submit(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    def jobs(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
+        from hortacloud.lsf import cluster_jobs_step
 
-        if not transfers:
-            raise AirflowSkipException("not chosen for this run")
-        raise AirflowFailException("cluster products are not implemented yet (LSF operator, issue 3)")
+        return cluster_jobs_step(transfers, context["params"])
 
     planned = plan()
     for product in PRODUCTS:
@@ -115,7 +115,12 @@ def hortacloud_upload_sample() -> None:
             if product.mechanism == "s3sync":
                 upload(planned[product.name])
             else:
-                submit(planned[product.name])
+                LsfJobOperator.partial(
+                    task_id="transfer",
+                    pool=CONFIG.lsf.pool,
+                    map_index_template="{{ task.job_name }}",
+                    outlets=[TRACINGS_UPDATED] if product.name == "tracings" else [],
+                ).expand_kwargs(jobs(planned[product.name]))
 
 
 hortacloud_upload_sample()

@@ -427,10 +427,11 @@ def transfer_command(template: str, *, source: str, destination: str, aws_profil
         ) from None
 
 
-def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any]) -> dict[str, Any]:
+def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
     """Operator kwargs for one planned cluster transfer, for ``LsfJobOperator.partial(...).expand_kwargs(...)``.
 
-    ``transfer`` is ``Transfer.to_dict()``: product, source, prefix, job_name, is_file.
+    ``transfer`` is ``Transfer.to_dict()``: product, source, prefix, job_name, is_file. The AWS profile is named on
+    the command line; its keys stay in the cluster user's AWS configuration, never on a command line.
     """
     lsf = config.lsf
     destination = f"s3://{config.s3.bucket}/{str(transfer['prefix']).lstrip('/')}"
@@ -453,6 +454,7 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any]) -> dict
         "runlimit_minutes": lsf.runlimit_minutes,
         "output_file": output_file,
         "poll_interval": lsf.poll_interval_seconds,
+        "dry_run": dry_run,
     }
 
 
@@ -900,3 +902,15 @@ class LsfHook(BaseHook):
                 return "".join(handle.readlines()[-lines:])
         except (OSError, LsfError):
             return ""
+
+
+def cluster_jobs_step(transfers: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The upload DAG's step before a cluster product's LSF jobs: their kwargs, or skip when not chosen."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from hortacloud.config import load_config
+
+    if not transfers:
+        raise AirflowSkipException("not chosen for this run")
+    config = load_config()
+    return [transfer_job_kwargs(config, item, dry_run=bool(params.get("dry_run"))) for item in transfers]
