@@ -18,7 +18,9 @@ A re-run after a crash plans again and so uploads only what is missing (resumabl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import heapq
 import json
 import logging
 import mimetypes
@@ -165,7 +167,7 @@ def needs_upload(local: LocalFile, remote: RemoteObject | None) -> str | None:
 def merge_join(
     local: Iterable[LocalFile], remote: Iterable[RemoteObject]
 ) -> Iterator[tuple[LocalFile, RemoteObject | None]]:
-    """Pair each local file with the object of the same key, both streams in key order.
+    """Pair each local file with the object of the same key; both streams must be in key order.
 
     Objects only in S3 are passed over: a sync adds and replaces, it never deletes.
     """
@@ -184,33 +186,44 @@ def merge_join(
 def _next_in_order(remote_iter: Iterator[RemoteObject], previous_key: str) -> RemoteObject | None:
     following = next(remote_iter, None)
     if following is not None and following.key <= previous_key:
-        raise RuntimeError(
-            f"S3 listing out of key order ({following.key!r} after {previous_key!r}); "
-            "this server does not list in UTF-8 byte order as S3 does"
-        )
+        raise RuntimeError(f"S3 listing out of key order ({following.key!r} after {previous_key!r})")
     return following
 
 
-def _prefetch(iterable: Iterable[Any], depth: int = 4096) -> Iterator[Any]:
-    """Run ``iterable`` in a thread so the listing's round trips overlap the local walk."""
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    done = object()
-    failure: list[BaseException] = []
+def key_ordered(objects: Iterable[RemoteObject], run_length: int = 10_000) -> Iterator[RemoteObject]:
+    """``objects`` in S3 key order (UTF-8 byte order), whatever order the server listed them in.
 
-    def produce() -> None:
-        try:
-            for value in iterable:
-                buffer.put(value)
-        except BaseException as err:
-            failure.append(err)
-        finally:
-            buffer.put(done)
+    AWS lists in byte order, but filer-backed servers (SeaweedFS among them) list folder by folder, so ``a/x``
+    comes before ``a-b``. An external merge sort keeps memory bounded: runs of ``run_length`` entries are
+    sorted and spilled to temporary files, then merged. Python orders ``str`` by code point, which is the
+    UTF-8 byte order.
+    """
+    runs: list[Iterator[tuple[str, int, float]]] = []
+    buffer: list[tuple[str, int, float]] = []
+    for item in objects:
+        buffer.append((item.key, item.size, item.mtime))
+        if len(buffer) >= run_length:
+            buffer.sort()
+            runs.append(_spill(buffer))
+            buffer = []
+    buffer.sort()
+    merged = heapq.merge(*runs, iter(buffer)) if runs else iter(buffer)
+    for key, size, mtime in merged:
+        yield RemoteObject(key, size, mtime)
 
-    threading.Thread(target=produce, name="s3-list-prefetch", daemon=True).start()
-    while (value := buffer.get()) is not done:
-        yield value
-    if failure:
-        raise failure[0]
+
+def _spill(entries: list[tuple[str, int, float]]) -> Iterator[tuple[str, int, float]]:
+    handle = tempfile.TemporaryFile("w+", encoding="utf-8", prefix="hortacloud-listing-")  # noqa: SIM115 (closed by read)
+    handle.writelines(json.dumps(entry) + "\n" for entry in entries)
+    handle.seek(0)
+
+    def read() -> Iterator[tuple[str, int, float]]:
+        with handle:
+            for line in handle:
+                key, size, mtime = json.loads(line)
+                yield key, size, mtime
+
+    return read()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -296,6 +309,9 @@ class CrtS3:
             credentials_provider=credentials_provider,
             # The payload is protected by the CRC32 trailer (and TLS in production), not hashed twice.
             signed_body_value=auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
+            # S3's rules: the key is encoded once and never normalized ("a//b" and "a/./b" are keys of their own).
+            use_double_uri_encode=False,
+            should_normalize_uri_path=False,
         )
         tls_options = None
         if location.scheme == "https":
@@ -330,8 +346,9 @@ class CrtS3:
             on_body=lambda chunk, **_: body.extend(chunk),
             on_done=lambda **kwargs: result.update(kwargs),
         )
-        request.finished_future.result()
-        if result.get("error") is not None:
+        with contextlib.suppress(Exception):  # the failure is described by on_done's arguments
+            request.finished_future.result()
+        if result.get("error") is not None or not result:
             raise RuntimeError(_describe_failure(result))
         return bytes(body)
 
@@ -349,7 +366,8 @@ class CrtS3:
                 raise RuntimeError(f"Listing s3://{bucket}/{prefix} failed: {err}") from None
             root = ET.fromstring(body)
             for contents in root.iter(f"{_S3_NS}Contents"):
-                key = urllib.parse.unquote(contents.findtext(f"{_S3_NS}Key", ""))
+                # encoding-type=url is form encoding (a space arrives as "+"), as botocore decodes it.
+                key = urllib.parse.unquote_plus(contents.findtext(f"{_S3_NS}Key", ""))
                 yield RemoteObject(
                     key[len(prefix) :],
                     int(contents.findtext(f"{_S3_NS}Size", "0")),
@@ -504,7 +522,7 @@ class SyncEngine:
             return
         if not os.path.isdir(item.source):
             raise FileNotFoundError(f"Source folder {item.source} does not exist")
-        yield from merge_join(walk_sorted(item.source, warn), _prefetch(self.s3.list_objects(self.bucket, item.key)))
+        yield from merge_join(walk_sorted(item.source, warn), key_ordered(self.s3.list_objects(self.bucket, item.key)))
 
     def plan(self, items: list[SyncItem], spool: Any, summary: SyncSummary, dry_run: bool) -> None:
         listed = 0
@@ -559,7 +577,8 @@ class SyncEngine:
                 except Exception as err:  # the file vanished or cannot be read: count it, go on
                     on_done(f"{type(err).__name__}: {err}")
             for request in list(in_flight.values()):
-                request.finished_future.result()
+                with contextlib.suppress(Exception):  # failures were counted by on_done
+                    request.finished_future.result()
             self.log.info("%s", progress.line())
         return failures
 
