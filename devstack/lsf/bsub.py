@@ -1,0 +1,334 @@
+"""bsub: submit a job. Messages, streams and exit codes as in shared/reference/lsf-behaviour.md A.1."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shlex
+import sys
+import time
+
+from devstack.lsf import runner
+from devstack.lsf.cli import LSF_ERROR, Context
+from devstack.lsf.common import in_system, view_of
+from devstack.lsf.model import observe, parse_plan, plan_for
+from devstack.lsf.state import Job
+
+VALUE_OPTIONS = {
+    *("-J", "-n", "-P", "-q", "-W", "-o", "-e", "-oo", "-eo", "-cwd", "-env", "-R", "-M", "-G", "-g", "-app"),
+    *("-u", "-w", "-m", "-b", "-t", "-We", "-C", "-D", "-E", "-Ep", "-L", "-sp", "-U", "-Lp", "-k", "-c"),
+    *("-F", "-f", "-i", "-is", "-S", "-sla", "-T", "-v", "-p", "-Q", "-s", "-data", "-datagrp", "-ext"),
+}
+FLAG_OPTIONS = {"-K", "-H", "-I", "-Ip", "-Is", "-B", "-N", "-r", "-rn", "-x", "-hl"}
+USAGE = (
+    "Usage: bsub [-h] [-V] [-H] [-x] [-r] [-N] [-B] [-I | -K] [-q queue_name ...] [-m host_name ...]\n"
+    "            [-n min_proc[,max_proc]] [-R res_req] [-J job_name] [-P project_name] [-W [hour:]minute]\n"
+    "            [-o out_file] [-e err_file] [-oo out_file] [-eo err_file] [-cwd dir] [-env env_vars]\n"
+    "            [-M mem_limit] [-G user_group] [-g job_group] [-app app_profile] [command [argument ...]]"
+)
+NOT_SUBMITTED = "Job not submitted."
+ESUB_ABORT = "Request aborted by esub. Job not submitted."
+# Never passed from the submission environment to the job (bsub -env documentation).
+NOT_PROPAGATED = re.compile(r"^(HOME|LSB_.*|LS_.*|LSF_.*)$")
+
+
+def copy_command(words: list[str]) -> str:
+    """Join the command words as OpenLava's CopyCommand does: first word verbatim, later ones quoted if spaced."""
+    parts = [words[0]]
+    for word in words[1:]:
+        if word == "" or any(char.isspace() for char in word):
+            quote = "'" if ('"' in word or "$" in word) else '"'
+            parts.append(f"{quote}{word}{quote}")
+        else:
+            parts.append(word)
+    return " ".join(parts)
+
+
+def parse(args: list[str]) -> tuple[dict[str, str], list[str], str | None]:
+    """bsub's options (last one wins; -R repeats are joined) and the command words; or an error message."""
+    options: dict[str, str] = {}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in VALUE_OPTIONS:
+            if index + 1 >= len(args):
+                return options, [], f"bsub: option requires an argument -- {arg[1:]}\n{USAGE}"
+            value = args[index + 1]
+            options[arg] = f"{options[arg]} {value}" if arg == "-R" and arg in options else value
+            index += 2
+        elif arg in FLAG_OPTIONS:
+            options[arg] = ""
+            index += 1
+        elif arg.startswith("-") and len(arg) > 1:
+            return options, [], f"bsub: illegal option -- {arg[1:]}\n{USAGE}"
+        else:
+            return options, args[index:], None
+    return options, [], None
+
+
+def script_options(script: str) -> tuple[dict[str, str], str | None]:
+    """Options from the ``#BSUB`` lines of a job script read from stdin."""
+    options: dict[str, str] = {}
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#BSUB"):
+            continue
+        try:
+            words = shlex.split(stripped[len("#BSUB") :])
+        except ValueError as exc:
+            return options, f"Bad #BSUB line {stripped!r}: {exc}. {NOT_SUBMITTED}"
+        found, rest, error = parse(words)
+        if error:
+            return options, error
+        if rest:
+            return options, f"Bad #BSUB line {stripped!r}: unexpected {' '.join(rest)!r}. {NOT_SUBMITTED}"
+        options.update(found)
+    return options, None
+
+
+def _script_name(script: str) -> str:
+    for line in script.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return stripped
+    return "bsub"
+
+
+def runlimit_minutes(text: str) -> int | None:
+    """``[hour:]minute[/host]`` -> minutes; None when malformed."""
+    match = re.fullmatch(r"(?:(\d+):)?(\d+)(?:/\S+)?", text.strip())
+    if not match:
+        return None
+    return int(match.group(1) or 0) * 60 + int(match.group(2))
+
+
+def _resource_error(spec: str) -> str | None:
+    """The few -R mistakes the emulator recognises, in LSF's words."""
+    if spec.count("[") != spec.count("]"):
+        return f"Bad resource requirement syntax. {NOT_SUBMITTED}"
+    sections = re.findall(r"(\w+)\s*\[", spec)
+    for name in sections:
+        if sections.count(name) > 1 and name in {"select", "order", "span", "same"}:
+            return f'Error near "{name}" : duplicate section. {NOT_SUBMITTED}'
+    if re.search(r"rusage\s*\[\s*\]", spec):
+        return f"Error in rusage section. {NOT_SUBMITTED}"
+    if re.search(r"select\s*\[\s*[^\]]*[<>=]\s*\]", spec):
+        return (
+            f'Error in select section: Expected number, string, name, or "(" but found end of section. {NOT_SUBMITTED}'
+        )
+    return None
+
+
+def _split_env(spec: str) -> list[str]:
+    """Split a -env value at commas outside single quotes."""
+    items, current, quoted = [], "", False
+    for char in spec:
+        if char == "'":
+            quoted = not quoted
+            continue
+        if char == "," and not quoted:
+            items.append(current.strip())
+            current = ""
+            continue
+        current += char
+    items.append(current.strip())
+    return [item for item in items if item]
+
+
+def job_environment(spec: str | None) -> dict[str, str]:
+    """The job's environment for ``-env`` (default ``all``): ``none``, ``all, ~VAR, VAR=val`` or ``VAR[=val], ...``."""
+    base = {key: value for key, value in os.environ.items() if not NOT_PROPAGATED.match(key)}
+    minimal = {key: os.environ[key] for key in ("PATH", "USER", "LOGNAME", "SHELL") if key in os.environ}
+    minimal["HOME"] = os.path.expanduser("~")
+    items = _split_env(spec) if spec is not None else ["all"]
+    if items and items[0].lower() == "none":
+        return minimal
+    if items and items[0].lower() == "all":
+        env, items = {**base, "HOME": minimal["HOME"]}, items[1:]
+    else:
+        env = dict(minimal)
+    for item in items:
+        if item.startswith("~"):
+            env.pop(item[1:], None)
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            env[key.strip()] = value
+        elif item in os.environ:
+            env[item] = os.environ[item]
+    return env
+
+
+def output_path(spec: str, job_id: int, cwd: str, suffix: str) -> str:
+    """-o/-e path: ``%J``/``%I`` expanded, a folder (trailing ``/``) gives ``<dir>/<id>.<suffix>``, relative to cwd."""
+    path = spec.replace("%J", str(job_id)).replace("%I", "0")
+    if path.endswith("/") or os.path.isdir(os.path.join(cwd, path)):
+        path = os.path.join(path, f"{job_id}.{suffix}")
+    return os.path.normpath(os.path.join(cwd, path))
+
+
+def _reject(ctx: Context, message: str) -> int:
+    ctx.err(message)
+    return LSF_ERROR
+
+
+def run(ctx: Context, args: list[str]) -> int:
+    """Validate, store and start a job; print ``Job <N> is submitted to ... queue <q>.``"""
+    if args and args[0] in {"-h", "-V"}:
+        ctx.err(USAGE if args[0] == "-h" else "IBM Spectrum LSF 10.1.0.0 (LSF emulator), Nov 25 2026")
+        return 0 if args[0] == "-V" else LSF_ERROR
+    options, words, error = parse(args)
+    if error:
+        return _reject(ctx, error)
+    if words:
+        command = copy_command(words)
+        default_name = command
+    else:
+        # No command: the job script comes on stdin; command-line options override its #BSUB lines.
+        command = sys.stdin.read()
+        scripted, error = script_options(command)
+        if error:
+            return _reject(ctx, error)
+        options = {**scripted, **options}
+        default_name = _script_name(command)
+    if not command.strip():
+        return _reject(ctx, f"Empty job. {NOT_SUBMITTED}")
+    knobs = ctx.knobs
+
+    # The site esub runs first, before mbatchd sees anything.
+    reject_regex = knobs.get("FAKE_LSF_ESUB_REJECT_REGEX")
+    if reject_regex and re.search(reject_regex, " ".join(["bsub", *args])):
+        return _reject(ctx, f"{knobs.get('FAKE_LSF_ESUB_MESSAGE')}\n{ESUB_ABORT}")
+    project = options.get("-P")
+    policy = knobs.get("FAKE_LSF_PROJECT_POLICY").strip().lower()
+    allowed = knobs.words("FAKE_LSF_PROJECTS")
+    project_bad = not project or (bool(allowed) and project not in allowed)
+    if policy not in {"accept", "reject", "kill"}:
+        return _reject(ctx, f"bsub (LSF emulator): FAKE_LSF_PROJECT_POLICY={policy!r}; use accept, reject or kill")
+    if project_bad and policy == "reject":
+        why = "No project given: submit with -P <project>." if not project else f"Project <{project}> is not valid."
+        return _reject(ctx, f"{why}\n{ESUB_ABORT}")
+
+    queues = knobs.words("FAKE_LSF_QUEUES")
+    requested = options.get("-q", "").split()
+    for queue in requested:
+        if queue not in queues:
+            return _reject(ctx, f"{queue}: No such queue. {NOT_SUBMITTED}")
+    queue = requested[0] if requested else knobs.get("FAKE_LSF_DEFAULT_QUEUE")
+
+    slots = 1
+    if "-n" in options:
+        match = re.fullmatch(r"(\d+)(?:,(\d+))?", options["-n"].strip())
+        if not match or int(match.group(1)) < 1:
+            return _reject(ctx, f"{options['-n']}: Bad argument for option -n. {NOT_SUBMITTED}")
+        slots = int(match.group(2) or match.group(1))
+        max_slots = knobs.integer("FAKE_LSF_MAX_SLOTS")
+        if max_slots is not None and int(match.group(1)) > max_slots:
+            return _reject(ctx, f"Too many processors requested. {NOT_SUBMITTED}")
+        slots = min(slots, max_slots) if max_slots is not None else slots
+    runlimit = None
+    if "-W" in options:
+        runlimit = runlimit_minutes(options["-W"])
+        if runlimit is None:
+            return _reject(ctx, f"{options['-W']}: Bad RUNLIMIT specification. {NOT_SUBMITTED}")
+        hard = knobs.integer("FAKE_LSF_RUNLIMIT_MAX")
+        if hard is not None and runlimit > hard:
+            return _reject(ctx, f"RUNLIMIT: Cannot exceed queue's hard limit(s). {NOT_SUBMITTED}")
+    if "-R" in options:
+        problem = _resource_error(options["-R"])
+        if problem:
+            return _reject(ctx, problem)
+
+    name = options.get("-J", default_name)
+    plan = plan_for(name, knobs)
+    mode = "held" if "-H" in options else ("scripted" if plan else "real")
+    pend_seconds = knobs.number("FAKE_LSF_PEND_SECONDS")
+    if project_bad and policy == "kill" and mode != "held":
+        # Accepted, then killed by the site soon after dispatch (Minerva's missing -P behaviour).
+        admin_after = knobs.number("FAKE_LSF_ADMIN_KILL_AFTER")
+        plan = parse_plan(f"PEND:{pend_seconds},RUN:{admin_after},EXIT:130:TERM_ADMIN", "FAKE_LSF_PROJECT_POLICY")
+        mode = "scripted"
+
+    submit_cwd = os.getcwd()
+    state = ctx.state
+    with state.locked():
+        now = time.time()
+
+        def still_known(job_id: int) -> bool:
+            # observe(), not view_of(): the lock is held, and view_of may take it to claim a report.
+            old = state.load(job_id)
+            return old is not None and in_system(ctx, old, observe(old, now, 0.0))
+
+        job_id = state.allocate_id(still_known)
+        cwd_spec = options.get("-cwd")
+        cwd = (
+            os.path.normpath(os.path.join(submit_cwd, cwd_spec.replace("%J", str(job_id)))) if cwd_spec else submit_cwd
+        )
+        out_spec = options.get("-oo", options.get("-o"))
+        err_spec = options.get("-eo", options.get("-e"))
+        job = Job(
+            id=job_id,
+            name=name,
+            user=getpass.getuser(),
+            queue=queue,
+            project=project or "default",
+            command=command,
+            cwd=cwd,
+            submit_time=now,
+            submit_host=knobs.get("FAKE_LSF_SUBMIT_HOST"),
+            exec_host=knobs.get("FAKE_LSF_EXEC_HOST"),
+            slots=slots,
+            runlimit_minutes=runlimit,
+            mem_limit=options.get("-M", ""),
+            resources=[options["-R"]] if "-R" in options else [],
+            out_path=output_path(out_spec, job_id, cwd, "out") if out_spec else None,
+            err_path=output_path(err_spec, job_id, cwd, "err") if err_spec else None,
+            out_overwrite="-oo" in options,
+            err_overwrite="-eo" in options,
+            mode=mode,
+            plan=plan,
+            pend_seconds=pend_seconds,
+        )
+        # A reused id replaces the old record; its spool and report files belong to the old job.
+        (state.spool_dir / f"{job_id}.out").unlink(missing_ok=True)
+        state.save(job)
+    if mode == "real":
+        pid = runner.spawn(state, job, job_environment(options.get("-env")))
+        state.update(job_id, lambda record: setattr(record, "runner_pid", record.runner_pid or pid))
+
+    if not state.consume("FAKE_LSF_EMPTY_STDOUT_ONCE"):
+        stream = ctx.err if os.environ.get("BSUB_STDERR") else ctx.out
+        chatter = knobs.get("FAKE_LSF_ESUB_CHATTER").strip()
+        if chatter:
+            stream(f"Job is submitted to <{project or 'default'}> project." if chatter == "1" else chatter)
+        if requested:
+            stream(f"Job <{job_id}> is submitted to queue <{queue}>.")
+        else:
+            stream(f"Job <{job_id}> is submitted to default queue <{queue}>.")
+    ctx.stdout.flush()
+    if "-K" in options:
+        return _wait_for(ctx, job_id, job.submit_time)
+    return 0
+
+
+def _wait_for(ctx: Context, job_id: int, submitted: float) -> int:
+    """bsub -K: block until the job ends; its exit code, or 126 if it was killed while pending."""
+    ctx.err("<<Waiting for dispatch ...>>")
+    announced = False
+    while True:
+        ctx.now = time.time()
+        job = ctx.state.load(job_id)
+        if job is None or job.submit_time != submitted:
+            return LSF_ERROR
+        view = view_of(ctx, job)
+        if view.start_time is not None and not announced:
+            ctx.err(f"<<Starting on {job.exec_host}>>")
+            announced = True
+        if view.finished:
+            ctx.err("<<Job is finished>>")
+            if view.stat in {"DONE", "PDONE"}:
+                return 0
+            if view.killed_while_pending:
+                return 126
+            return view.exit_code if view.exit_code is not None else 1
+        time.sleep(0.1)

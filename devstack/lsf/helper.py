@@ -1,0 +1,116 @@
+"""Test helper for the LSF emulator: environment for clients, knob changes, call log, job records, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from devstack.lsf.knobs import COUNTED, DEFAULTS, EmulatorError
+from devstack.lsf.model import View, observe
+from devstack.lsf.state import STATE_ENV, Job, StateDir
+
+BIN_DIR = Path(__file__).resolve().parent / "bin"
+
+
+class Emulator:
+    """One emulated cluster, living in ``state_dir``.
+
+    ``env()`` is what a client needs (PATH with the fake commands first, FAKE_LSF_DIR, knobs); ``set_knobs`` changes
+    behaviour for the next command even in a client that is already running; ``calls``, ``jobs`` and ``job`` let a
+    test see what happened; ``cleanup`` kills any job process still running (use it in a fixture's teardown).
+    """
+
+    def __init__(self, state_dir: Path, **knobs: object) -> None:
+        self.state = StateDir(Path(state_dir))
+        self.state_dir = self.state.root
+        self._env_knobs: dict[str, str] = {}
+        if knobs:
+            self.set_knobs(**knobs)
+
+    def env(self, base: Mapping[str, str] | None = None, **knobs: object) -> dict[str, str]:
+        """``base`` (default os.environ) + PATH with the emulator first + FAKE_LSF_DIR + the given knobs."""
+        env = dict(os.environ if base is None else base)
+        env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        env[STATE_ENV] = str(self.state_dir)
+        env["HORTACLOUD_PYTHON"] = sys.executable
+        for name, value in knobs.items():
+            _check_knob(name)
+            env[name] = "1" if value is True else "0" if value is False else str(value)
+        return env
+
+    def set_knobs(self, **knobs: object) -> None:
+        """Write knobs to knobs.json (they beat the environment); None removes one. Restarts counted faults."""
+        current = self.state.knobs.overrides()
+        for name, value in knobs.items():
+            _check_knob(name)
+            if value is None:
+                current.pop(name, None)
+            else:
+                current[name] = value
+        path = self.state.knobs.file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1))
+        os.replace(tmp, path)
+        self.state.reset_counters([name for name in knobs if name in COUNTED])
+
+    def calls(self, command: str | None = None) -> list[dict[str, object]]:
+        """Logged invocations (``{"argv", "time", "rc", "pid"}``), optionally only of ``command`` (e.g. "bsub")."""
+        try:
+            lines = self.state.calls_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        entries = [json.loads(line) for line in lines if line.strip()]
+        return [entry for entry in entries if command is None or entry["argv"][0] == command]
+
+    def jobs(self) -> list[Job]:
+        """Every job record, by id."""
+        return self.state.all_jobs()
+
+    def job(self, job_id: int) -> Job:
+        """The record of one job; KeyError naming the id if there is none."""
+        job = self.state.load(int(job_id))
+        if job is None:
+            raise KeyError(f"no LSF emulator job {job_id} in {self.state_dir}")
+        return job
+
+    def view(self, job_id: int) -> View:
+        """The job's state right now, as bjobs would show it."""
+        return observe(self.job(job_id), time.time(), self.state.knobs.number("FAKE_LSF_KILL_DELAY"))
+
+    def wait_finished(self, job_id: int, timeout: float = 10.0) -> View:
+        """Poll until the job is DONE/EXIT; TimeoutError with its last state otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.view(job_id)
+            if view.finished:
+                return view
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"LSF emulator job {job_id} still {view.stat} after {timeout}s")
+            time.sleep(0.05)
+
+    def cleanup(self) -> list[int]:
+        """SIGKILL every job process group and runner still alive; returns the pids signalled."""
+        killed = []
+        for job in self.jobs():
+            if job.mode != "real" or job.finish_time is not None:
+                continue
+            if job.job_pgid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.job_pgid, signal.SIGKILL)
+                    killed.append(job.job_pgid)
+            if job.runner_pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(job.runner_pid, signal.SIGKILL)
+                    killed.append(job.runner_pid)
+        return killed
+
+
+def _check_knob(name: str) -> None:
+    if name not in DEFAULTS and name != "BSUB_STDERR":
+        raise EmulatorError(f"{name} is not an LSF emulator knob; known: {', '.join(sorted(DEFAULTS))}")
