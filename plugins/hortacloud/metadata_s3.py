@@ -1,0 +1,306 @@
+"""The S3 side of neuron metadata: scan the tracings, compare, and write only what changed.
+
+One boto3 client from the amazon provider's S3Hook (connection ``[s3] conn_id``) does every list, read and write.
+SWC presence comes from listings only; SWCs are never downloaded. The plan is built and guarded completely before
+the first write, so a refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hortacloud.metadata import (
+    COMPLETE,
+    SWC_FILES,
+    DateDocument,
+    GuardRefusal,
+    MetadataReport,
+    NeuronFolder,
+    NeuronMapping,
+    build_document,
+    check_guard,
+    decode_soma,
+    described_neurons,
+    is_date,
+    near_misses,
+)
+
+log = logging.getLogger(__name__)
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+def tracings_prefix(location: str) -> str:
+    return f"tracings/{location}/"
+
+
+def metadata_key(location: str, date: str) -> str:
+    return f"neurons/{location}/{date}/metadata.json"
+
+
+def neurons_json_key(date: str) -> str:
+    return f"images/{date}/neurons.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Listing and reading
+
+
+def list_subprefixes(client: Any, bucket: str, prefix: str) -> list[str]:
+    """Names of the "folders" directly under ``prefix`` (paginated, Delimiter "/"), sorted."""
+    names = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for item in page.get("CommonPrefixes", []):
+            names.append(item["Prefix"][len(prefix) :].rstrip("/"))
+    return sorted(names)
+
+
+def list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    """Every key under ``prefix`` (paginated)."""
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def read_object(client: Any, bucket: str, key: str) -> bytes | None:
+    """The bytes of ``key``, or None when it does not exist."""
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey:
+        return None
+    body: bytes = response["Body"].read()
+    return body
+
+
+def object_exists(client: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The scan
+
+
+@dataclass
+class BucketScan:
+    """What the tracings in S3 hold: location -> date -> neuron folders; and which image dates HortaCloud can load."""
+
+    locations: dict[str, dict[str, list[NeuronFolder]]] = field(default_factory=dict)
+    images_ready: dict[str, bool] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (XCom)."""
+        return {
+            "locations": {
+                loc: {
+                    day: [{"name": f.name, "soma": f.soma, "swcs": sorted(f.swcs)} for f in folders]
+                    for day, folders in dates.items()
+                }
+                for loc, dates in self.locations.items()
+            },
+            "images_ready": dict(self.images_ready),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BucketScan:
+        return cls(
+            locations={
+                loc: {
+                    day: [NeuronFolder(f["name"], f["soma"], frozenset(f["swcs"])) for f in folders]
+                    for day, folders in dates.items()
+                }
+                for loc, dates in data["locations"].items()
+            },
+            images_ready=dict(data["images_ready"]),
+        )
+
+
+def scan_dates(client: Any, bucket: str, location: str) -> list[str]:
+    """The strict ``YYYY-MM-DD`` prefixes under ``tracings/<location>/``; anything else is logged and ignored."""
+    dates = []
+    for name in list_subprefixes(client, bucket, tracings_prefix(location)):
+        if is_date(name):
+            dates.append(name)
+        else:
+            log.info("Ignoring %s%s/: not a YYYY-MM-DD date", tracings_prefix(location), name)
+    return dates
+
+
+def scan_date(client: Any, bucket: str, location: str, date: str, prefix: str) -> list[NeuronFolder]:
+    """Neuron folders of one date (one recursive listing); soma.txt is read for tracing_complete only."""
+    base = f"{tracings_prefix(location)}{date}/"
+    files: dict[str, set[str]] = {}
+    for key in list_keys(client, bucket, base):
+        parts = key[len(base) :].split("/")
+        if len(parts) < 2 or not parts[0].startswith(prefix):
+            continue  # files at the date level, consensus/, Backup/, R- folders
+        names = files.setdefault(parts[0], set())
+        if len(parts) == 2:
+            names.add(parts[1])
+    folders = []
+    for name in sorted(files):
+        soma = None
+        if location == COMPLETE and "soma.txt" in files[name]:
+            raw = read_object(client, bucket, f"{base}{name}/soma.txt")
+            soma = decode_soma(raw) if raw is not None else None
+        swcs = frozenset(swc for swc in SWC_FILES if f"{swc}.swc" in files[name])
+        folders.append(NeuronFolder(name, soma, swcs))
+    return folders
+
+
+def scan_bucket(
+    client: Any,
+    bucket: str,
+    locations: Sequence[str],
+    *,
+    prefix: str = "G-",
+    images_requires: Sequence[str] = ("transform.txt", "ktx/block_8_xy_.ktx"),
+) -> BucketScan:
+    """Scan the tracing locations; for tracing_complete dates also check ``images/<date>/`` for HortaCloud."""
+    scan = BucketScan()
+    for location in locations:
+        dates = scan_dates(client, bucket, location)
+        log.info("tracings/%s: %d dates", location, len(dates))
+        scan.locations[location] = {date: scan_date(client, bucket, location, date, prefix) for date in dates}
+        if location == COMPLETE:
+            for date in dates:
+                missing = [f for f in images_requires if not object_exists(client, bucket, f"images/{date}/{f}")]
+                scan.images_ready[date] = not missing
+                if missing:
+                    log.info("images/%s/ lacks %s", date, ", ".join(missing))
+    return scan
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plan, guard, write
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    """One object the run wants to hold ``body``."""
+
+    key: str
+    body: bytes
+
+
+def plan(
+    mapping: NeuronMapping,
+    scan: BucketScan,
+    locations: Iterable[str],
+    report: MetadataReport,
+    *,
+    prefix: str = "G-",
+) -> tuple[list[PlannedWrite], list[DateDocument]]:
+    """Build every document; fill the report's date lists, near misses, fallbacks and not-loadable dates."""
+    writes: list[PlannedWrite] = []
+    documents: list[DateDocument] = []
+    for location in locations:
+        dates = scan.locations.get(location, {})
+        report.dates_in_s3[location] = sorted(dates)
+        report.dates_without_mapping[location] = [d for d in sorted(dates) if d not in mapping.dates]
+        report.dates_without_folders[location] = [d for d in sorted(dates) if not dates[d]]
+        for date in report.dates_without_folders[location]:
+            log.warning("tracings/%s/%s/ has no %s neuron folders", location, date, prefix)
+        for date in report.dates_without_mapping[location]:
+            log.warning("tracings/%s/%s/ has no neuron mappings in NeuronBrowser", location, date)
+        for miss in near_misses(dates, mapping.dates):
+            log.warning("%s: %s", location, miss)
+            report.near_misses.append(f"{location}: {miss}")
+        for date in sorted(dates):
+            if date not in mapping.dates:
+                continue
+            document = build_document(location, date, dates[date], mapping, prefix)
+            if document is None:
+                log.warning("tracings/%s/%s/: no folder matches a mapped neuron; nothing to write", location, date)
+                continue
+            if document.unmapped_folders:
+                log.info("%s/%s: folders without a neuron: %s", location, date, ", ".join(document.unmapped_folders))
+            documents.append(document)
+            report.soma_fallbacks.extend(document.fallbacks)
+            body = document.body()
+            writes.append(PlannedWrite(metadata_key(location, date), body))
+            if location == COMPLETE:
+                if scan.images_ready.get(date):
+                    writes.append(PlannedWrite(neurons_json_key(date), body))
+                else:
+                    log.warning(
+                        "Not writing %s: images/%s/ lacks the files HortaCloud needs to load it yet",
+                        neurons_json_key(date),
+                        date,
+                    )
+                    report.not_loadable.append(date)
+    return writes, documents
+
+
+def existing_metadata(client: Any, bucket: str, locations: Iterable[str]) -> dict[str, bytes]:
+    """Every ``neurons/<location>/<date>/metadata.json`` already in the bucket, by key."""
+    found = {}
+    for location in locations:
+        for key in list_keys(client, bucket, f"neurons/{location}/"):
+            if key.endswith("/metadata.json"):
+                body = read_object(client, bucket, key)
+                if body is not None:
+                    found[key] = body
+    return found
+
+
+def apply(
+    client: Any,
+    bucket: str,
+    mapping: NeuronMapping,
+    scan: BucketScan,
+    locations: Sequence[str],
+    *,
+    prefix: str = "G-",
+    min_share: float = 0.9,
+    dry_run: bool = False,
+) -> MetadataReport:
+    """Plan, guard, then write what differs. On refusal, ``report.refusal`` is set and :class:`GuardRefusal` raised
+    with the report attached as ``err.report``; nothing has been written."""
+    report = MetadataReport(
+        dry_run=dry_run,
+        injections=mapping.injections,
+        mapped_neurons=mapping.neuron_count,
+        skipped=dict(mapping.skipped),
+        collisions=list(mapping.collisions),
+    )
+    writes, documents = plan(mapping, scan, locations, report, prefix=prefix)
+    existing = existing_metadata(client, bucket, locations)
+    report.neurons_in_bucket = sum(described_neurons(body) for body in existing.values())
+    report.neurons_described = sum(d.neuron_count for d in documents)
+    try:
+        check_guard(mapping.injections, report.neurons_described, report.neurons_in_bucket, min_share)
+    except GuardRefusal as err:
+        report.refusal = str(err)
+        report.refused = [w.key for w in writes]
+        err.report = report  # type: ignore[attr-defined]
+        raise
+    for write in writes:
+        current = (
+            existing.get(write.key) if write.key.startswith("neurons/") else read_object(client, bucket, write.key)
+        )
+        if current == write.body:
+            report.unchanged.append(write.key)
+            continue
+        if current is not None and write.key in existing:
+            before, after = described_neurons(current), described_neurons(write.body)
+            if after < before:
+                log.warning("%s: %d neurons, was %d", write.key, after, before)
+        if not dry_run:
+            client.put_object(Bucket=bucket, Key=write.key, Body=write.body, ContentType=JSON_CONTENT_TYPE)
+            log.info("Wrote s3://%s/%s (%d bytes)", bucket, write.key, len(write.body))
+        else:
+            log.info("Would write s3://%s/%s (%d bytes)", bucket, write.key, len(write.body))
+        report.written.append(write.key)
+    return report

@@ -1,0 +1,124 @@
+"""The neuron metadata DAG's task bodies: configuration and connections in, plain functions underneath.
+
+Each function resolves its connections at run time (never at DAG parse time) and returns JSON-able values for XCom.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hortacloud.config import SiteConfig, load_config
+from hortacloud.metadata import GuardRefusal, MetadataReport, NeuronMapping, build_mapping, check_guard
+from hortacloud.metadata_s3 import BucketScan, apply, scan_bucket
+
+log = logging.getLogger(__name__)
+
+
+def _s3_client(config: SiteConfig) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=config.s3.conn_id).get_conn()
+
+
+def fetch_mapping(config: SiteConfig | None = None) -> dict[str, Any]:
+    """Ask NeuronBrowser for every injection and map them; fails on any NeuronBrowser problem or an empty answer."""
+    from hortacloud.neuronbrowser import NeuronBrowserHook
+
+    config = config or load_config()
+    nb = config.neuronbrowser
+    hook = NeuronBrowserHook(
+        nb.conn_id,
+        connect_timeout=nb.connect_timeout_seconds,
+        read_timeout=nb.read_timeout_seconds,
+        retries=nb.retries,
+        backoff=nb.backoff_seconds,
+    )
+    mapping = build_mapping(hook.injections(), config.tz)
+    check_guard(mapping.injections, 0, 0, 0.0)  # no injections: refuse before anything else runs
+    log.info(
+        "Mapped %d neurons on %d sample dates (%s) from %d injections",
+        mapping.neuron_count,
+        len(mapping.dates),
+        config.timezone,
+        mapping.injections,
+    )
+    for reason, count in mapping.skipped.items():
+        log.info("Skipped: %d %s", count, reason)
+    return mapping.to_json()
+
+
+def scan(locations: Sequence[str], config: SiteConfig | None = None) -> dict[str, Any]:
+    """List the tracings of ``locations`` in the bucket (folders, soma.txt, SWC presence, image readiness)."""
+    config = config or load_config()
+    nb = config.neuronbrowser
+    result = scan_bucket(
+        _s3_client(config),
+        config.s3.bucket,
+        _checked(locations),
+        prefix=nb.neuron_prefix,
+        images_requires=nb.neurons_json_requires,
+    )
+    return result.to_json()
+
+
+def build_and_write(
+    mapping: dict[str, Any],
+    scanned: dict[str, Any],
+    locations: Sequence[str],
+    *,
+    dry_run: bool,
+    publish: Callable[[dict[str, Any]], None],
+    config: SiteConfig | None = None,
+) -> dict[str, Any]:
+    """Build every document, guard, write what changed; ``publish`` gets the report (also before a refusal)."""
+    config = config or load_config()
+    nb = config.neuronbrowser
+    try:
+        report = apply(
+            _s3_client(config),
+            config.s3.bucket,
+            NeuronMapping.from_json(mapping),
+            BucketScan.from_json(scanned),
+            _checked(locations),
+            prefix=nb.neuron_prefix,
+            min_share=nb.min_share,
+            dry_run=dry_run,
+        )
+    except GuardRefusal as err:
+        refused: MetadataReport | None = getattr(err, "report", None)
+        if refused is not None:
+            publish(report_payload(refused))
+        raise
+    payload = report_payload(report)
+    publish(payload)
+    return payload
+
+
+def report_payload(report: MetadataReport) -> dict[str, Any]:
+    """The report as the report task reads it: log lines and the small XCom."""
+    return {"lines": report.lines(), "xcom": report.to_xcom()}
+
+
+def _checked(locations: Sequence[str]) -> list[str]:
+    from hortacloud.metadata import LOCATIONS
+
+    unknown = [loc for loc in locations if loc not in LOCATIONS]
+    if unknown or not locations:
+        raise ValueError(f"locations {list(locations)!r} must be a non-empty subset of {list(LOCATIONS)}")
+    return [loc for loc in LOCATIONS if loc in locations]
+
+
+def log_report(report: dict[str, Any] | None) -> dict[str, Any]:
+    """Log the report pushed by build_and_write; fail the run when there is none or it was refused."""
+    if not report:
+        raise RuntimeError(
+            "No neuron metadata report: an earlier task failed (see its log); nothing was written by this run"
+        )
+    for line in report["lines"]:
+        log.info("%s", line)
+    if report["xcom"]["refusal"]:
+        raise GuardRefusal(report["xcom"]["refusal"])
+    xcom: dict[str, Any] = report["xcom"]
+    return xcom
