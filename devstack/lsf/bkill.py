@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from devstack.lsf.cli import LSF_ERROR, Context, _hang
+from devstack.lsf.cli import LSF_ERROR, Context, hang
 from devstack.lsf.common import known_job, name_matches, parse_job_id, signal_number, take_options, view_of
 from devstack.lsf.model import PENDING_STATES
 from devstack.lsf.state import Job
@@ -70,7 +70,7 @@ def _record_kill(ctx: Context, job: Job, kind: str, signum: int | None) -> None:
 def run(ctx: Context, args: list[str]) -> int:
     """Kill the given jobs (or those named by -J, or all with id 0); 255 if any could not be killed."""
     if ctx.state.consume("FAKE_LSF_BKILL_HANG"):
-        return _hang(ctx, "batch system daemon not responding ... still trying")
+        return hang(ctx)
     options, operands, error = take_options(args, VALUE_OPTIONS, FLAG_OPTIONS, "bkill")
     if error:
         ctx.err(f"{error}\n{USAGE}")

@@ -10,7 +10,7 @@ import sys
 import time
 
 from devstack.lsf import runner
-from devstack.lsf.cli import LSF_ERROR, Context
+from devstack.lsf.cli import LSF_ERROR, Context, hang
 from devstack.lsf.common import in_system, view_of
 from devstack.lsf.model import observe, parse_plan, plan_for
 from devstack.lsf.state import Job
@@ -296,6 +296,9 @@ def run(ctx: Context, args: list[str]) -> int:
         pid = runner.spawn(state, job, job_environment(options.get("-env")))
         state.update(job_id, lambda record: setattr(record, "runner_pid", record.runner_pid or pid))
 
+    if state.consume("FAKE_LSF_SUBMIT_THEN_HANG"):
+        # mbatchd took the job but the answer never comes back: the client can only time out (ambiguous submission).
+        return hang(ctx)
     if not state.consume("FAKE_LSF_EMPTY_STDOUT_ONCE"):
         stream = ctx.err if os.environ.get("BSUB_STDERR") else ctx.out
         chatter = knobs.get("FAKE_LSF_ESUB_CHATTER").strip()

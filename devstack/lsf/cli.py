@@ -42,8 +42,11 @@ class Context:
         self.stderr.flush()
 
 
-def _hang(ctx: Context, message: str) -> int:
+def hang(ctx: Context, message: str = "batch system daemon not responding ... still trying") -> int:
     """Print ``message`` every second until killed (capped by FAKE_LSF_HANG_SECONDS so nothing lingers for ever)."""
+    # Logged now: a hanging command usually ends by being killed, never reaching the normal log line.
+    ctx.state.log_call([ctx.command, *ctx.argv], ctx.now, None)
+    ctx.logged = True
     cap = ctx.knobs.number("FAKE_LSF_HANG_SECONDS")
     deadline = time.monotonic() + cap
     while time.monotonic() < deadline:
@@ -58,10 +61,7 @@ def transient_fault(ctx: Context) -> int | None:
         return None
     state = ctx.state
     if state.consume("FAKE_LSF_HANG"):
-        # Logged now: a hanging command usually ends by being killed, never reaching the normal log line.
-        ctx.state.log_call([ctx.command, *ctx.argv], ctx.now, None)
-        ctx.logged = True
-        return _hang(ctx, "batch system daemon not responding ... still trying")
+        return hang(ctx)
     if state.consume("FAKE_LSF_DOWN"):
         for _ in range(3):
             ctx.err("LSF is down. Please wait...")

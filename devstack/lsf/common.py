@@ -6,14 +6,15 @@ import re
 import signal
 
 from devstack.lsf.cli import Context
-from devstack.lsf.model import View, observe
+from devstack.lsf.model import View, observe, parse_unknown
 from devstack.lsf.report import deliver_report
 from devstack.lsf.state import Job, StateDir
 
 
 def view_of(ctx: Context, job: Job) -> View:
     """The job's state now; a scripted job that has just reached its end gets its -o report written once."""
-    view = observe(job, ctx.now, ctx.knobs.number("FAKE_LSF_KILL_DELAY"))
+    unknown = parse_unknown(ctx.knobs.get("FAKE_LSF_UNKWN_AFTER"))
+    view = observe(job, ctx.now, ctx.knobs.number("FAKE_LSF_KILL_DELAY"), unknown)
     if view.finished and not job.report_written and job.mode != "real":
         _write_scripted_report(ctx.state, job, view)
     return view

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from devstack.lsf.knobs import COUNTED, DEFAULTS, EmulatorError
-from devstack.lsf.model import View, observe
+from devstack.lsf.model import View, observe, parse_unknown
 from devstack.lsf.state import STATE_ENV, Job, StateDir
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
@@ -49,6 +49,8 @@ class Emulator:
         current = self.state.knobs.overrides()
         for name, value in knobs.items():
             _check_knob(name)
+            if name == "BSUB_STDERR":
+                raise EmulatorError("BSUB_STDERR is LSF's own environment variable: pass it to env(), not set_knobs()")
             if value is None:
                 current.pop(name, None)
             else:
@@ -81,7 +83,9 @@ class Emulator:
 
     def view(self, job_id: int) -> View:
         """The job's state right now, as bjobs would show it."""
-        return observe(self.job(job_id), time.time(), self.state.knobs.number("FAKE_LSF_KILL_DELAY"))
+        knobs = self.state.knobs
+        unknown = parse_unknown(knobs.get("FAKE_LSF_UNKWN_AFTER"))
+        return observe(self.job(job_id), time.time(), knobs.number("FAKE_LSF_KILL_DELAY"), unknown)
 
     def wait_finished(self, job_id: int, timeout: float = 10.0) -> View:
         """Poll until the job is DONE/EXIT; TimeoutError with its last state otherwise."""

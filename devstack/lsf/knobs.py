@@ -40,6 +40,7 @@ DEFAULTS: dict[str, str] = {
     "FAKE_LSF_KILL_DELAY": "0",
     "FAKE_LSF_TERMINATE_INTERVAL": "10",
     "FAKE_LSF_CLEAN_PERIOD": "3600",
+    "FAKE_LSF_UNKWN_AFTER": "",
     # Answers that differ between sites and versions
     "FAKE_LSF_NOTFOUND_RC": "0",
     "FAKE_LSF_ERROR_WITH_JOBID": "0",
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, str] = {
     "FAKE_LSF_CONN_RESET": "0",
     "FAKE_LSF_NOISE_STDOUT": "0",
     "FAKE_LSF_EMPTY_STDOUT_ONCE": "0",
+    "FAKE_LSF_SUBMIT_THEN_HANG": "0",
     "FAKE_LSF_BJOBS_EMPTY": "0",
     "FAKE_LSF_GARBAGE_ONCE": "0",
     "FAKE_LSF_BKILL_HANG": "0",
@@ -66,6 +68,7 @@ COUNTED = (
     "FAKE_LSF_NONLSF_HOST",
     "FAKE_LSF_CONN_RESET",
     "FAKE_LSF_EMPTY_STDOUT_ONCE",
+    "FAKE_LSF_SUBMIT_THEN_HANG",
     "FAKE_LSF_BJOBS_EMPTY",
     "FAKE_LSF_GARBAGE_ONCE",
     "FAKE_LSF_BKILL_HANG",

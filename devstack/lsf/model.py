@@ -166,8 +166,12 @@ def _killed_pending(job: Job, timeline: list[tuple[str, float, float | None]], a
     return View(stat, None, reason, None, at, timeline, killed_while_pending=True)
 
 
-def observe(job: Job, now: float, kill_delay: float) -> View:
-    """The job's state at ``now``. ``kill_delay``: how long a killed running job still shows its old state."""
+def observe(job: Job, now: float, kill_delay: float, unknown: tuple[float, float] | None = None) -> View:
+    """The job's state at ``now``.
+
+    ``kill_delay``: how long a killed running job still shows its old state. ``unknown``: (after, for) seconds of
+    RUN after which a real job shows UNKWN for a while (FAKE_LSF_UNKWN_AFTER).
+    """
     if job.mode == "scripted" and job.plan:
         return _observe_scripted(job, now, kill_delay)
     if job.mode == "held":
@@ -175,10 +179,21 @@ def observe(job: Job, now: float, kill_delay: float) -> View:
         if job.kill_time is not None and job.kill_time <= now:
             return _killed_pending(job, timeline, job.kill_time)
         return View("PSUSP", None, "", None, None, timeline)
-    return _observe_real(job, now, kill_delay)
+    return _observe_real(job, now, kill_delay, unknown)
 
 
-def _observe_real(job: Job, now: float, kill_delay: float) -> View:
+def parse_unknown(text: str) -> tuple[float, float] | None:
+    """FAKE_LSF_UNKWN_AFTER ``A[:B]``: UNKWN from A seconds after the start, for B seconds (for ever if no B)."""
+    if not text.strip():
+        return None
+    after, _, length = text.partition(":")
+    try:
+        return float(after), float(length) if length.strip() else float("inf")
+    except ValueError:
+        raise EmulatorError(f"FAKE_LSF_UNKWN_AFTER={text!r}: write SECONDS or SECONDS:DURATION, e.g. 1:2") from None
+
+
+def _observe_real(job: Job, now: float, kill_delay: float, unknown: tuple[float, float] | None = None) -> View:
     if job.start_time is None:
         timeline: list[tuple[str, float, float | None]] = [("PEND", job.submit_time, None)]
         if job.kill_time is not None:
@@ -197,6 +212,13 @@ def _observe_real(job: Job, now: float, kill_delay: float) -> View:
             # The runner (our sbatchd) is gone without recording an end: mbatchd has lost contact.
             timeline[-1] = ("UNKWN", job.start_time, None)
             return View("UNKWN", None, "", job.start_time, None, timeline)
+        if unknown is not None and now >= job.start_time + unknown[0]:
+            lost, found = job.start_time + unknown[0], job.start_time + unknown[0] + unknown[1]
+            timeline[-1] = ("RUN", job.start_time, lost)
+            if now < found:
+                timeline.append(("UNKWN", lost, None))
+                return View("UNKWN", None, "", job.start_time, None, timeline)
+            timeline += [("UNKWN", lost, found), ("RUN", found, None)]
         return View("RUN", None, "", job.start_time, None, timeline)
     timeline.append(("RUN", job.start_time, shown_end))
     status = job.exit_status

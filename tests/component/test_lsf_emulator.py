@@ -470,6 +470,41 @@ def test_hang_until_the_client_times_out(lsf: Emulator) -> None:
     assert lsf.calls("bjobs")[0]["rc"] is None
 
 
+def test_submit_then_hang_leaves_an_accepted_job_behind(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_SUBMIT_THEN_HANG=1)
+    with pytest.raises(subprocess.TimeoutExpired) as hung:
+        subprocess.run(
+            ["bsub", "-J", "lost-answer", "true"], env=lsf.env(FAKE_LSF_PLAN="RUN"), capture_output=True, timeout=1.5
+        )
+    lookup = sh(lsf, "bjobs", "-a", "-noheader", "-o", "jobid stat job_name", "-J", "lost-answer")
+
+    assert not (hung.value.stdout or b"")  # no "Job <N> is submitted" line ever came
+    assert lookup.stdout == f"{FIRST} RUN lost-answer\n"
+
+
+def test_knobs_file_beats_the_environment_while_a_client_runs(lsf: Emulator) -> None:
+    env = lsf.env(FAKE_LSF_QUEUES="normal")
+    assert subprocess.run(["bsub", "-q", "short", "true"], env=env, capture_output=True).returncode == 255
+    lsf.set_knobs(FAKE_LSF_QUEUES="normal,short", FAKE_LSF_PLAN="DONE")
+    accepted = subprocess.run(["bsub", "-q", "short", "true"], env=env, capture_output=True, text=True)
+    assert accepted.stdout == f"Job <{FIRST}> is submitted to queue <short>.\n"
+
+
+def test_unknown_window_then_running_again(lsf: Emulator, tmp_path: Path) -> None:
+    lsf.set_knobs(FAKE_LSF_UNKWN_AFTER="0:60")
+    job_id = submitted_id(sh(lsf, "bsub", f"while [ ! -e {tmp_path}/stop ]; do sleep 0.05; done").stdout)
+    deadline = time.monotonic() + 10
+    while lsf.job(job_id).start_time is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lost = stat_line(lsf, job_id, "stat")
+    lsf.set_knobs(FAKE_LSF_UNKWN_AFTER="0:0")
+    back = stat_line(lsf, job_id, "stat")
+    (tmp_path / "stop").touch()
+
+    assert (lost, back) == ("UNKWN", "RUN")
+    assert lsf.wait_finished(job_id).stat == "DONE"
+
+
 def test_ids_roll_over_and_are_reused(lsf: Emulator) -> None:
     knobs = {"FAKE_LSF_MAX_JOBID": str(FIRST + 1), "FAKE_LSF_CLEAN_PERIOD": "0", "FAKE_LSF_PLAN": "DONE"}
     ids = [submitted_id(sh(lsf, "bsub", "-J", f"job{n}", "true", **knobs).stdout) for n in range(3)]
