@@ -129,13 +129,21 @@ def run(state: StateDir, job_id: int, submitted: float) -> None:
 
     status = _wait(state, job, process)
     finished = time.time()
-    final = state.update(job_id, lambda record: _record_end(record, status, finished))
+    final = state.load(job_id)
     if final is None or not _same_job(final, submitted):
         return
+    # The -o file is complete before bjobs can show DONE/EXIT, as sbatchd copies output before reporting the end.
+    _record_end(final, status, finished)
     view = observe(final, finished, kill_delay=0)
     deliver_report(final, view, state.knobs.get("FAKE_LSF_CLUSTER"), None if direct else spool, state.mail_dir)
     spool.unlink(missing_ok=True)
-    state.update(job_id, lambda record: setattr(record, "report_written", True))
+
+    def record(job: Job) -> None:
+        if _same_job(job, submitted):
+            _record_end(job, status, finished)
+            job.report_written = True
+
+    state.update(job_id, record)
 
 
 def _wait(state: StateDir, job: Job, process: subprocess.Popen[bytes]) -> int:
