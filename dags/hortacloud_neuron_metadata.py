@@ -1,0 +1,118 @@
+"""
+### Rebuild the neuron metadata in `s3://janelia-mouselight-imagery` from NeuronBrowser
+
+Runs every night (cron and time zone from `[neuronbrowser] schedule` and `timezone` in `include/hortacloud.toml`)
+and whenever the upload DAG has updated tracings (the `hortacloud_tracings` asset). One run at a time, no catch-up.
+
+1. **fetch_mapping** asks the NeuronBrowser sample-api (connection `hortacloud_neuronbrowser`) for every injection
+   and maps sample date (read in America/New_York) -> neuron tag -> neuron id. Any failure (HTTP error, timeout,
+   `errors` in the answer, a body that is not JSON, no injections) fails the run before anything is written.
+2. **scan** lists `tracings/<location>/<date>/<G-NNN>/` in the bucket: folders, `soma.txt`, which SWCs exist.
+3. **build_and_write** builds `neurons/<location>/<date>/metadata.json` (and `images/<date>/neurons.json` for
+   tracing_complete when HortaCloud can load that sample), refuses everything when the result describes fewer
+   neurons than `[neuronbrowser] min_share` of what the bucket already holds, and writes only files whose bytes
+   changed.
+4. **report** logs what happened and returns a small summary (dates in S3, dates without mappings, files written,
+   unchanged and refused, neurons whose soma location came from a fallback).
+
+`dry_run` reports what would change and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
+
+from hortacloud.assets import TRACINGS_UPDATED
+from hortacloud.config import NEURON_LOCATIONS, load_config
+
+CONFIG = load_config()
+LOCATION_TITLES = {
+    "Finished_Neurons": "Finished neurons (tracings/Finished_Neurons)",
+    "tracing_complete": "Tracing complete (tracings/tracing_complete; also images/<date>/neurons.json)",
+}
+
+
+@dag(
+    dag_id="hortacloud_neuron_metadata",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(CONFIG.neuronbrowser.schedule, timezone=CONFIG.timezone),
+        assets=TRACINGS_UPDATED,
+    ),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["hortacloud", "mouselight", "neurons"],
+    default_args={
+        "owner": "mouselight",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+    },
+    params={
+        "locations": Param(
+            list(CONFIG.neuronbrowser.locations),
+            type="array",
+            items={"type": "string", "enum": list(NEURON_LOCATIONS)},
+            uniqueItems=True,
+            minItems=1,
+            examples=list(NEURON_LOCATIONS),
+            values_display=LOCATION_TITLES,
+            title="Tracing locations",
+            description="Which tracings/<location>/ trees to rebuild metadata for.",
+            section="Options",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Report what would change; write nothing to S3.",
+            section="Options",
+        ),
+    },
+)
+def hortacloud_neuron_metadata() -> None:
+    @task
+    def fetch_mapping() -> dict:
+        from hortacloud.metadata_tasks import fetch_mapping
+
+        return fetch_mapping()
+
+    @task
+    def scan(**context) -> dict:  # type: ignore[no-untyped-def]
+        from hortacloud.metadata_tasks import scan
+
+        return scan(context["params"]["locations"])
+
+    @task(retries=0)
+    def build_and_write(mapping: dict, scanned: dict, **context) -> None:  # type: ignore[no-untyped-def]
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from hortacloud.metadata import GuardRefusal
+        from hortacloud.metadata_tasks import build_and_write
+
+        params, ti = context["params"], context["ti"]
+        try:
+            build_and_write(
+                mapping,
+                scanned,
+                params["locations"],
+                dry_run=params["dry_run"],
+                publish=lambda report: ti.xcom_push(key="report", value=report),
+            )
+        except GuardRefusal as err:
+            raise AirflowFailException(f"Refused, nothing written: {err}") from err  # retrying cannot help
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    def report(**context) -> dict:  # type: ignore[no-untyped-def]
+        from hortacloud.metadata_tasks import log_report
+
+        return log_report(context["ti"].xcom_pull(task_ids="build_and_write", key="report"))
+
+    build_and_write(fetch_mapping(), scan()) >> report()
+
+
+hortacloud_neuron_metadata()

@@ -1,0 +1,136 @@
+"""The neuron metadata DAG through ``dag.test()``: NeuronBrowser is the local GraphQL server, S3 is SeaweedFS."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.neuronbrowser import NeuronBrowserServer
+from tests.fixtures.mouselight_bucket import EXPECTED_WRITES, seed, snapshot
+
+pytestmark = pytest.mark.airflow
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "neuronbrowser.json"
+DAG_ID = "hortacloud_neuron_metadata"
+
+
+@pytest.fixture(scope="module")
+def nb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronBrowserServer]:
+    server = NeuronBrowserServer(tmp_path_factory.mktemp("neuronbrowser"), FIXTURE).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def site(airflow_db, s3_server, nb_server, s3_client, fresh_bucket, site_config, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """A seeded bucket of this test's own, both connections as AIRFLOW_CONN_* env vars, fast NeuronBrowser retries."""
+    seed(s3_client, fresh_bucket)
+    site_config(
+        f'[s3]\nbucket = "{fresh_bucket}"\n'
+        "[neuronbrowser]\nretries = 1\nbackoff_seconds = 0.05\nread_timeout_seconds = 2\n"
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_S3", s3_server.connection_json())
+    monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_NEURONBROWSER", nb_server.connection_json(token="dag-test-token"))
+    nb_server.set(mode="ok", delay=0, fail_first=0, reset_counts=True)
+    return fresh_bucket
+
+
+@functools.cache
+def _dag():  # type: ignore[no-untyped-def]
+    from airflow.models import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags" / f"{DAG_ID}.py")).dags[DAG_ID]
+    for task in dag.tasks:
+        task.retries = 0  # a failing NeuronBrowser must fail the run now, not after minutes of retry delay
+    return dag
+
+
+def _run(conf: dict[str, Any]):  # type: ignore[no-untyped-def]
+    return _dag().test(run_conf=conf)
+
+
+def _states(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def _report(run) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    ti = next(ti for ti in run.get_task_instances() if ti.task_id == "report")
+    report: dict[str, Any] = ti.xcom_pull(task_ids="report")
+    return report
+
+
+def test_dag_shape_schedule_and_params() -> None:
+    from airflow.sdk import AssetOrTimeSchedule
+
+    dag = _dag()
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    schedule = repr(dag.timetable)
+    assert "name='hortacloud_tracings'" in schedule
+    assert "expression='0 2 * * *', timezone='America/New_York'" in schedule
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.params.get_param("locations").value == ["Finished_Neurons", "tracing_complete"]
+    assert dag.params.get_param("dry_run").value is False
+    assert set(dag.task_ids) == {"fetch_mapping", "scan", "build_and_write", "report"}
+    assert dag.get_task("build_and_write").upstream_task_ids == {"fetch_mapping", "scan"}
+
+
+def test_nightly_run_writes_the_metadata_then_nothing(site, s3_client) -> None:
+    run = _run({})
+    assert str(run.state) == "success", _states(run)
+    report = _report(run)
+    assert sorted(report["written"]) == EXPECTED_WRITES
+    assert report["dates_in_s3"] == {"Finished_Neurons": 2, "tracing_complete": 6}
+    assert report["dates_without_mapping"] == {
+        "Finished_Neurons": [],
+        "tracing_complete": ["2016-05-05", "2020-02-03"],
+    }
+    assert report["soma_fallbacks"]["AA0231"] == "neuron brain area"
+    assert report["not_loadable"] == ["2017-01-15", "2018-08-01"]
+    assert report["refused"] == [] and report["unchanged"] == 0
+
+    before = snapshot(s3_client, site)
+    again = _run({"locations": ["tracing_complete"]})
+    assert str(again.state) == "success", _states(again)
+    second = _report(again)
+    assert second["written"] == [] and second["unchanged"] == 6
+    assert second["dates_in_s3"] == {"tracing_complete": 6}
+    assert snapshot(s3_client, site) == before
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    # Each NeuronBrowser failure mode is covered against the hook (tests/component); here the two paths to a failed run.
+    [({"mode": "http500"}, "HTTP 500"), ({"mode": "empty"}, "no injections")],
+    ids=["http500", "empty"],
+)
+def test_neuronbrowser_failure_fails_the_run_and_writes_nothing(
+    site, s3_client, nb_server, fault, message, capfd
+) -> None:
+    nb_server.set(**fault)
+    before = snapshot(s3_client, site)
+    run = _run({})
+    states = _states(run)
+    assert str(run.state) == "failed", states
+    assert states["fetch_mapping"] == "failed"
+    assert states["build_and_write"] == "upstream_failed"
+    assert states["report"] == "failed"
+    assert snapshot(s3_client, site) == before
+    assert not any(key.startswith("neurons/") for key in before)
+    out, err = capfd.readouterr()
+    assert message in out + err  # the task log says why
+    assert "No neuron metadata report: an earlier task failed" in out + err
+    assert "dag-test-token" not in out + err
+
+
+def test_bad_locations_param_is_refused(site) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        _run({"locations": ["Finished_Neurons", "carveouts"]})
