@@ -26,7 +26,10 @@ POLL = 0.05
 def spawn(state: StateDir, job: Job, env: dict[str, str]) -> int:
     """Start the runner for ``job`` detached (new session, no inherited pipes); returns its pid."""
     repo_root = str(Path(__file__).resolve().parents[2])
-    bootstrap = "import sys; sys.path.insert(0, sys.argv[1]); from devstack.lsf.runner import main; main(sys.argv[2:])"
+    bootstrap = (
+        "import sys; sys.dont_write_bytecode = False; sys.path.insert(0, sys.argv[1]); "
+        "from devstack.lsf.runner import main; main(sys.argv[2:])"
+    )
     process = subprocess.Popen(
         [sys.executable, "-S", "-c", bootstrap, repo_root, str(state.root), str(job.id), repr(job.submit_time)],
         stdin=subprocess.DEVNULL,

@@ -403,6 +403,25 @@ def test_bkill_kill_delay_keeps_run_and_d_needs_support(lsf: Emulator) -> None:
     assert sh(lsf, "bjobs", "-noheader", "-o", "stat exit_code", str(job_id)).stdout == "EXIT 130\n"
 
 
+def test_bkill_by_name_signal_and_force(lsf: Emulator) -> None:
+    plans = json.dumps({"^tile-": "RUN", "^sig$": "RUN", "^unknown$": "RUN:0,UNKWN"})
+    tiles = [submitted_id(sh(lsf, "bsub", "-J", f"tile-{n}", "true", FAKE_LSF_PLANS=plans).stdout) for n in (1, 2)]
+    signalled = submitted_id(sh(lsf, "bsub", "-J", "sig", "true", FAKE_LSF_PLANS=plans).stdout)
+    lost = submitted_id(sh(lsf, "bsub", "-J", "unknown", "true", FAKE_LSF_PLANS=plans).stdout)
+
+    by_name = sh(lsf, "bkill", "-J", "tile-*")
+    with_signal = sh(lsf, "bkill", "-s", "KILL", str(signalled))
+    forced = sh(lsf, "bkill", "-r", str(lost))
+    no_match = sh(lsf, "bkill", "-J", "nothing")
+
+    assert (by_name.returncode, by_name.stdout) == (0, "".join(f"Job <{t}> is being terminated\n" for t in tiles))
+    assert (with_signal.returncode, with_signal.stdout) == (0, f"Job <{signalled}> is being signaled\n")
+    assert stat_line(lsf, signalled, "stat exit_code") == "EXIT|137"
+    assert forced.stdout == f"Job <{lost}> is being terminated\n"
+    assert stat_line(lsf, lost, "stat exit_reason").startswith("EXIT|TERM_FORCE_OWNER")
+    assert (no_match.returncode, no_match.stderr) == (255, "Job <nothing>: No matching job found\n")
+
+
 # --- faults ----------------------------------------------------------------------------------------------------
 
 
