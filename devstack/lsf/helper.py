@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from devstack.lsf.knobs import COUNTED, DEFAULTS, EmulatorError
 from devstack.lsf.model import View, observe, parse_unknown
@@ -61,7 +62,7 @@ class Emulator:
         os.replace(tmp, path)
         self.state.reset_counters([name for name in knobs if name in COUNTED])
 
-    def calls(self, command: str | None = None) -> list[dict[str, object]]:
+    def calls(self, command: str | None = None) -> list[dict[str, Any]]:
         """Logged invocations (``{"argv", "time", "rc", "pid"}``), optionally only of ``command`` (e.g. "bsub")."""
         try:
             lines = self.state.calls_log.read_text().splitlines()

@@ -273,11 +273,11 @@ def _observe_scripted(job: Job, now: float, kill_delay: float) -> View:
         start_time = next((start for state, start, _ in timeline if state not in PENDING_STATES), None)
 
     if terminal is not None and finish_at is not None and finish_at <= now:
-        code = terminal.get("exit_code")
+        final_code = terminal.get("exit_code")
         stat = str(terminal["state"])
         return View(
             stat,
-            int(code) if isinstance(code, int) else None,  # DONE shows a blank exit code
+            final_code if isinstance(final_code, int) else None,  # DONE shows a blank exit code
             str(terminal.get("reason") or ""),
             start_time,
             finish_at,

@@ -196,9 +196,10 @@ class StateDir:
             entry = counters.get(knob)
             if not isinstance(entry, dict) or entry.get("of") != raw:
                 entry = {"of": raw, "used": 0}
-            if int(entry["used"]) >= limit:
+            used = int(str(entry.get("used", 0)))
+            if used >= limit:
                 return False
-            entry["used"] = int(entry["used"]) + 1
+            entry["used"] = used + 1
             counters[knob] = entry
             _write_atomic(self.root / "counters.json", json.dumps(counters))
             return True

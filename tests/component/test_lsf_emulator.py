@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def lsf(tmp_path: Path) -> Iterator[Emulator]:
     emulator.cleanup()
 
 
-def sh(emulator: Emulator, *argv: str, stdin: str | None = None, **knobs: object) -> subprocess.CompletedProcess[str]:
+def sh(emulator: Emulator, *argv: str, stdin: str | None = None, **knobs: Any) -> subprocess.CompletedProcess[str]:
     """Run one emulated command with the emulator's environment (plus knobs as environment variables)."""
     return subprocess.run(
         list(argv),
@@ -223,7 +224,7 @@ def test_scripted_plan_moves_by_wall_clock(lsf: Emulator) -> None:
     while True:
         line = stat_line(lsf, job_id)
         asked_at = lsf.calls("bjobs")[-1]["time"]
-        elapsed = float(asked_at) - submitted  # type: ignore[arg-type]
+        elapsed = float(asked_at) - submitted
         expected = "PEND" if elapsed < 0.6 else "RUN" if elapsed < 1.2 else "EXIT"
         assert line.split("|")[1] == expected, (elapsed, line)
         seen.append(line)
