@@ -162,7 +162,7 @@ def _meaningful_lines(*texts: str) -> list[str]:
 
 def _lsf_words(stdout: str, stderr: str) -> str:
     """LSF's own message: stderr then stdout, noise lines dropped (or kept if nothing else is left)."""
-    lines = _meaningful_lines(stderr, stdout)
+    lines = list(dict.fromkeys(_meaningful_lines(stderr, stdout)))
     meaningful = [line for line in lines if not _NOISE.search(line)]
     return " ".join(meaningful or lines)
 
@@ -224,7 +224,7 @@ def parse_bjobs_json(stdout: str, stderr: str = "") -> BjobsResult:
     if start == -1 or end < start:
         if result.not_found or result.nothing_found:
             return result
-        raise LsfTransientError(f"bjobs gave no JSON: {_lsf_words(stdout, stderr) or 'empty output'}")
+        raise LsfTransientError(f"bjobs gave no JSON ({_lsf_words(stdout, stderr) or 'empty output'})")
     try:
         document = json.loads(stdout[start : end + 1])
     except json.JSONDecodeError as err:
@@ -287,7 +287,7 @@ def parse_bjobs_text(stdout: str, stderr: str = "", delimiter: str = TEXT_DELIMI
             exit_reason=_text(exit_reason),
         )
     if not result.statuses and not result.not_found and not result.nothing_found:
-        raise LsfTransientError(f"bjobs gave nothing readable: {_lsf_words(stdout, stderr) or 'empty output'}")
+        raise LsfTransientError(f"bjobs gave nothing readable ({_lsf_words(stdout, stderr) or 'empty output'})")
     return result
 
 
@@ -450,11 +450,11 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_
         "profile": lsf.profile,
         "slots": lsf.slots,
         "project": lsf.project,
-        "queue": lsf.queue,
+        "lsf_queue": lsf.queue,
         "runlimit_minutes": lsf.runlimit_minutes,
         "output_file": output_file,
         "poll_interval": lsf.poll_interval_seconds,
-        "dry_run": dry_run,
+        "dry_run_submit": dry_run,
     }
 
 

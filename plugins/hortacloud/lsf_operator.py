@@ -48,23 +48,26 @@ class LsfJobOperator(BaseOperator):
     :param profile: ``profile.lsf`` sourced before each LSF command.
     :param slots: ``bsub -n``.
     :param project: ``bsub -P`` (templated).
-    :param queue: ``bsub -q``; empty for LSF's default queue (templated).
+    :param lsf_queue: ``bsub -q``; empty for LSF's default queue (templated). Not ``queue``: every operator
+        has that one already (the executor queue).
     :param runlimit_minutes: ``bsub -W``; 0 for none.
     :param output_file: ``bsub -o``, ``%J`` allowed; its tail goes into the failure message (templated).
     :param poll_interval: seconds between bjobs calls.
     :param not_found_grace: seconds after submission during which a job missing from bjobs is not alarming.
     :param max_poll_failures: consecutive failed polls before the task fails (the job itself is left running).
     :param command_timeout: seconds each LSF command may take.
-    :param submit_retries: extra bsub attempts after transient failures (each preceded by a lookup by name).
+    :param submit_retries: extra attempts of bsub, lookups and bkill after transient failures (each bsub retry is
+        preceded by a lookup by name).
+    :param submit_retry_delay: seconds before the first of those retries, doubled for each further one.
     :param output_format: ``json`` (LSF 10.1.0.2+) or ``text``.
     :param cancel_on_kill: bkill the job when the task is killed (blocking ``on_kill`` and the trigger's).
     :param reattach: look for an earlier try's job before submitting.
     :param resubmit_failed: resubmit when the earlier try's job ended in failure; off: fail with its result.
-    :param dry_run: log the bsub command line and submit nothing.
+    :param dry_run_submit: log the bsub command line and submit nothing (not ``dry_run``: a BaseOperator method).
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``) instead of a worker slot.
     """
 
-    template_fields: Sequence[str] = ("command", "job_name", "source", "project", "queue", "output_file")
+    template_fields: Sequence[str] = ("command", "job_name", "source", "project", "lsf_queue", "output_file")
     template_fields_renderers = {"command": "bash"}
     ui_color = "#c9e4f6"
 
@@ -78,7 +81,7 @@ class LsfJobOperator(BaseOperator):
         profile: str = "",
         slots: int | None = None,
         project: str = "",
-        queue: str = "",
+        lsf_queue: str = "",
         runlimit_minutes: int = 0,
         output_file: str = "",
         poll_interval: float = 60.0,
@@ -86,13 +89,13 @@ class LsfJobOperator(BaseOperator):
         max_poll_failures: int = 10,
         command_timeout: float = 120.0,
         submit_retries: int = 3,
-        retry_delay: float = 5.0,
+        submit_retry_delay: float = 5.0,
         output_format: Literal["json", "text"] = "json",
         bhist_files: int = 2,
         cancel_on_kill: bool = True,
         reattach: bool = True,
         resubmit_failed: bool = True,
-        dry_run: bool = False,
+        dry_run_submit: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -104,7 +107,7 @@ class LsfJobOperator(BaseOperator):
         self.profile = profile
         self.slots = slots
         self.project = project
-        self.queue = queue
+        self.lsf_queue = lsf_queue
         self.runlimit_minutes = runlimit_minutes
         self.output_file = output_file
         self.poll_interval = poll_interval
@@ -112,13 +115,13 @@ class LsfJobOperator(BaseOperator):
         self.max_poll_failures = max_poll_failures
         self.command_timeout = command_timeout
         self.submit_retries = submit_retries
-        self.retry_delay = retry_delay
+        self.submit_retry_delay = submit_retry_delay
         self.output_format = output_format
         self.bhist_files = bhist_files
         self.cancel_on_kill = cancel_on_kill
         self.reattach = reattach
         self.resubmit_failed = resubmit_failed
-        self.dry_run = dry_run
+        self.dry_run_submit = dry_run_submit
         self.deferrable = deferrable
         self.lsf_job_id: str | None = None
 
@@ -129,7 +132,7 @@ class LsfJobOperator(BaseOperator):
             profile=self.profile,
             command_timeout=self.command_timeout,
             retries=self.submit_retries,
-            retry_delay=self.retry_delay,
+            retry_delay=self.submit_retry_delay,
             output_format=self.output_format,
             bhist_files=self.bhist_files,
         )
@@ -153,7 +156,7 @@ class LsfJobOperator(BaseOperator):
             job_name=name,
             slots=self.slots,
             project=self.project,
-            queue=self.queue,
+            queue=self.lsf_queue,
             runlimit_minutes=self.runlimit_minutes,
             output_file=self.output_file,
         )
@@ -215,7 +218,7 @@ class LsfJobOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any] | None:
         name = self.lsf_name(context)
         argv = self.bsub_argv(name)
-        if self.dry_run:
+        if self.dry_run_submit:
             self.log.info("Dry run: would submit %s", shell_line(argv))
             return None
         submitted_at = time.time()
