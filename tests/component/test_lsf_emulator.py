@@ -179,6 +179,28 @@ def test_real_job_outlives_bsub_and_writes_the_report_only_at_the_end(lsf: Emula
     assert text.endswith(f"start {job_id}\n{work}\noops\n")
 
 
+def test_job_survives_a_client_timeout_that_kills_bsub_k(lsf: Emulator, tmp_path: Path) -> None:
+    marker = tmp_path / "release"
+    waiting = subprocess.Popen(
+        ["bsub", "-K", "-J", "blocked", f"while [ ! -e {marker} ]; do sleep 0.05; done"],
+        env=lsf.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    job_id = submitted_id(waiting.stdout.readline())  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while lsf.view(job_id).stat != "RUN" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(waiting.pid, signal.SIGKILL)  # what a client's timeout does to its command
+    waiting.wait()
+
+    assert stat_line(lsf, job_id, "stat") == "RUN"
+    marker.touch()
+    assert lsf.wait_finished(job_id).stat == "DONE"
+
+
 def test_done_job_report_and_direct_output_mode(lsf: Emulator, tmp_path: Path) -> None:
     out = tmp_path / "direct.out"
     job_id = submitted_id(sh(lsf, "bsub", "-oo", str(out), "echo hello", FAKE_LSF_STDOUT_DIRECT="1").stdout)
@@ -484,7 +506,7 @@ def test_noise_chatter_and_empty_stdout_once(lsf: Emulator) -> None:
 def test_hang_until_the_client_times_out(lsf: Emulator) -> None:
     lsf.set_knobs(FAKE_LSF_HANG=1)
     with pytest.raises(subprocess.TimeoutExpired) as hung:
-        subprocess.run(["bjobs"], env=lsf.env(), capture_output=True, text=True, timeout=1.5)
+        subprocess.run(["bjobs"], env=lsf.env(), capture_output=True, text=True, timeout=3)
     assert b"batch system daemon not responding ... still trying" in (hung.value.stderr or b"")
     assert sh(lsf, "bjobs").stderr == "No unfinished job found\n"  # one invocation only
     assert lsf.calls("bjobs")[0]["rc"] is None
@@ -494,7 +516,7 @@ def test_submit_then_hang_leaves_an_accepted_job_behind(lsf: Emulator) -> None:
     lsf.set_knobs(FAKE_LSF_SUBMIT_THEN_HANG=1)
     with pytest.raises(subprocess.TimeoutExpired) as hung:
         subprocess.run(
-            ["bsub", "-J", "lost-answer", "true"], env=lsf.env(FAKE_LSF_PLAN="RUN"), capture_output=True, timeout=1.5
+            ["bsub", "-J", "lost-answer", "true"], env=lsf.env(FAKE_LSF_PLAN="RUN"), capture_output=True, timeout=4
         )
     lookup = sh(lsf, "bjobs", "-a", "-noheader", "-o", "jobid stat job_name", "-J", "lost-answer")
 
