@@ -1,0 +1,153 @@
+"""LsfJobTrigger against the LSF emulator: one final event, never blocking the loop, bkill only on a user's kill."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from hortacloud.lsf_trigger import LsfJobTrigger
+from tests.component.conftest_lsf import *  # noqa: F403
+from tests.component.conftest_lsf import LsfCluster, context_for
+from tests.component.test_lsf_operator import make_op
+
+
+def submit(lsf: LsfCluster, plan: str, **op_kwargs: Any) -> LsfJobTrigger:
+    """Submit through the operator in deferrable mode; return the trigger it deferred to."""
+    lsf.knobs(FAKE_LSF_PLAN=plan)
+    with pytest.raises(TaskDeferred) as info:
+        make_op(deferrable=True, **op_kwargs).execute(context_for())
+    trigger = info.value.trigger
+    assert isinstance(trigger, LsfJobTrigger)
+    return trigger
+
+
+async def collect(trigger: LsfJobTrigger, timeout: float = 20.0) -> list[dict[str, Any]]:
+    async def drain() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    return await asyncio.wait_for(drain(), timeout)
+
+
+def test_serialize_round_trip_carries_every_argument() -> None:
+    trigger = LsfJobTrigger(
+        job_id="91485590",
+        job_name="tra0510-2.0123456789",
+        submitted_at=1764028800.5,
+        lsf_conn_id="lsf_login",
+        profile="/misc/lsf/conf/profile.lsf",
+        poll_interval=7.5,
+        not_found_grace=33.0,
+        max_poll_failures=4,
+        command_timeout=12.0,
+        output_format="text",
+        bhist_files=0,
+        cancel_on_kill=False,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "hortacloud.lsf_trigger.LsfJobTrigger"
+    module, _, name = classpath.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    import inspect
+
+    parameters = set(inspect.signature(LsfJobTrigger.__init__).parameters) - {"self"}
+    assert set(kwargs) == parameters
+
+
+@pytest.mark.parametrize(
+    ("plan", "status", "words"),
+    [
+        ("PEND:0.3,RUN:0.3,DONE", "success", "finished DONE"),
+        ("RUN:0.2,EXIT:137:TERM_MEMLIMIT", "failed", "exit code 137: TERM_MEMLIMIT"),
+    ],
+    ids=["done", "memlimit"],
+)
+def test_exactly_one_final_event(lsf: LsfCluster, plan: str, status: str, words: str) -> None:
+    trigger = submit(lsf, plan)
+    events = asyncio.run(collect(trigger))
+    assert len(events) == 1
+    assert events[0]["status"] == status and words in events[0]["message"]
+    assert events[0]["job_id"] == trigger.job_id
+
+
+def test_error_event_after_bounded_failures_and_operator_raises(lsf: LsfCluster) -> None:
+    trigger = submit(lsf, "RUN", max_poll_failures=3, poll_interval=0.01)
+    lsf.knobs(FAKE_LSF_DOWN=100, FAKE_LSF_FAULTS_FOR="bjobs")
+    events = asyncio.run(collect(trigger))
+    assert [event["status"] for event in events] == ["error"]
+    assert "3 times in a row" in events[0]["message"] and "LSF is down" in events[0]["message"]
+    assert not lsf.calls("bkill")  # giving up on polling does not kill the transfer
+    from airflow.sdk.exceptions import AirflowException
+
+    with pytest.raises(AirflowException, match="re-attaches to it by name"):
+        make_op().execute_complete(context_for(), events[0])
+
+
+def test_hanging_bjobs_does_not_block_the_event_loop(lsf: LsfCluster) -> None:
+    trigger = submit(lsf, "RUN:1,DONE", command_timeout=1.5)
+    lsf.knobs(FAKE_LSF_HANG=1, FAKE_LSF_FAULTS_FOR="bjobs")
+
+    async def main() -> tuple[list[dict[str, Any]], int]:
+        ticks = 0
+        task = asyncio.create_task(collect(trigger))
+        while not task.done():
+            ticks += 1
+            await asyncio.sleep(0.05)
+        return task.result(), ticks
+
+    started = time.monotonic()
+    events, ticks = asyncio.run(main())
+    elapsed = time.monotonic() - started
+    assert [event["status"] for event in events] == ["success"]
+    assert ticks >= elapsed / 0.05 * 0.5  # the loop kept ticking while bjobs hung
+
+
+def test_triggerer_restart_does_not_kill_and_a_new_trigger_resumes(lsf: LsfCluster) -> None:
+    trigger = submit(lsf, "RUN:1.5,DONE")
+
+    async def restart() -> list[dict[str, Any]]:
+        task = asyncio.create_task(collect(trigger))
+        await asyncio.sleep(0.8)
+        task.cancel()  # the triggerer shuts down: run() is cancelled, then cleanup() runs, never on_kill()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await trigger.cleanup()
+        return await collect(LsfJobTrigger(**trigger.serialize()[1]))
+
+    events = asyncio.run(restart())
+    assert [event["status"] for event in events] == ["success"]
+    assert lsf.calls("bkill") == []
+    assert len(lsf.calls("bsub")) == 1
+
+
+def test_cancel_while_deferred_bkills_the_job(lsf: LsfCluster) -> None:
+    trigger = submit(lsf, "RUN")
+
+    async def user_marks_failed() -> None:
+        task = asyncio.create_task(collect(trigger))
+        await asyncio.sleep(0.5)
+        # What the triggerer does on mark-failed/clear in Airflow 3.3: cancel run(), then await on_kill().
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await trigger.on_kill()
+
+    asyncio.run(user_marks_failed())
+    assert lsf.calls("bkill") == [["bkill", trigger.job_id]]
+    # The job ends as LSF ends a job its owner killed.
+    events = asyncio.run(collect(LsfJobTrigger(**trigger.serialize()[1])))
+    assert events[0]["status"] == "failed" and "TERM_OWNER" in events[0]["message"]
+    # A second kill (finished job) is still fine.
+    asyncio.run(trigger.on_kill())
+    assert len(lsf.calls("bkill")) == 2
+
+
+def test_on_kill_respects_cancel_on_kill(lsf: LsfCluster) -> None:
+    trigger = submit(lsf, "RUN", cancel_on_kill=False)
+    asyncio.run(trigger.on_kill())
+    assert lsf.calls("bkill") == []
