@@ -125,6 +125,15 @@ def test_empty_bsub_output_finds_the_job_by_name_instead_of_submitting_twice(lsf
     assert any("-J" in argv for argv in lsf.calls("bjobs"))
 
 
+def test_ambiguous_submission_is_found_by_name_not_submitted_twice(lsf: LsfCluster) -> None:
+    # mbatchd accepted the job, then bsub hung without printing the Job line and the client timed out.
+    lsf.knobs(FAKE_LSF_PLAN="RUN:0.5,DONE", FAKE_LSF_SUBMIT_THEN_HANG=1, FAKE_LSF_FAULTS_FOR="bsub")
+    result = run(make_op(command_timeout=1.5))
+    assert result["stat"] == "DONE"
+    assert len(lsf.calls("bsub")) == 1
+    assert len(list((lsf.state / "jobs").glob("*.json"))) == 1
+
+
 def test_hanging_bsub_times_out_and_is_retried(lsf: LsfCluster) -> None:
     lsf.knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_HANG=1, FAKE_LSF_FAULTS_FOR="bsub")
     assert run(make_op(command_timeout=1.5))["stat"] == "DONE"
