@@ -51,7 +51,15 @@ def main(argv: list[str]) -> None:
         run(state, job_id, submitted)
     except Exception as exc:
         (state.root / f"runner-{job_id}.error").write_text(f"{type(exc).__name__}: {exc}\n")
-        state.update(job_id, lambda job: _record_end(job, 1, time.time()) if job.finish_time is None else None)
+        state.update(job_id, _record_crash)
+
+
+def _record_crash(job: Job) -> None:
+    """The runner failed (e.g. the -o folder is not writable): the job ends EXIT 1 instead of pending for ever."""
+    if job.finish_time is None:
+        now = time.time()
+        job.start_time = job.start_time or now
+        _record_end(job, 1, now)
 
 
 def _record_end(job: Job, status: int, at: float) -> None:

@@ -83,7 +83,8 @@ def state_dir_from_env(environ: dict[str, str] | None = None) -> Path:
             f"{STATE_ENV} is not set: export {STATE_ENV}=<a writable folder> for the LSF emulator's state "
             "(devstack/lsf/README.md), or use devstack.lsf.Emulator(folder).env()"
         )
-    return Path(value)
+    # Absolute: the runner works from / and every command may run in another folder.
+    return Path(value).absolute()
 
 
 class StateDir:

@@ -555,6 +555,18 @@ def test_ids_roll_over_and_are_reused(lsf: Emulator) -> None:
     assert sh(lsf, "bjobs", "-noheader", "-o", "jobid job_name", str(FIRST)).stdout == f"{FIRST} job2\n"
 
 
+def test_concurrent_submissions_get_distinct_sequential_ids(lsf: Emulator) -> None:
+    env = lsf.env(FAKE_LSF_PLAN="RUN")
+    processes = [
+        subprocess.Popen(["bsub", "-J", f"fan{n}", "true"], env=env, stdout=subprocess.PIPE, text=True)
+        for n in range(8)
+    ]
+    ids = sorted(submitted_id(process.communicate(timeout=30)[0]) for process in processes)
+
+    assert ids == list(range(FIRST, FIRST + 8))
+    assert len(lsf.calls("bsub")) == 8
+
+
 def test_missing_state_dir_is_a_clear_error() -> None:
     env = {key: value for key, value in os.environ.items() if key != "FAKE_LSF_DIR"}
     result = subprocess.run([str(BIN_DIR / "bjobs")], env=env, capture_output=True, text=True, timeout=30)
