@@ -1,0 +1,195 @@
+"""Our sync engine against ``s5cmd sync`` and ``aws s3 sync`` on one local SeaweedFS.
+
+Each tool syncs the same generated trees to its own prefix, first cold and then again with nothing changed; the
+table shows wall time, files/s, MB/s, peak RSS and our time as a ratio of each tool's. A last pair of runs
+compares our peak RSS on a 5,000-file and a 50,000-file tree (memory must not grow with the tree).
+
+Run with ``make bench``; ``--quick`` uses trees a tenth the size to check the harness itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.s3server import S3Endpoint, SeaweedS3
+from devstack.sampletree import make_flat_tree, tree_bytes
+
+BUCKET = "bench"
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass
+class Measurement:
+    tool: str
+    tree: str
+    phase: str
+    seconds: float
+    files: int
+    size: int
+    peak_rss_mib: float
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.size / 1e6 / self.seconds
+
+
+def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one command; fails loudly if the command does."""
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {process.returncode}:\n{stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, callable]:  # type: ignore[valid-type]
+    s5cmd_binaries = list(tools_venv.glob("lib/python*/site-packages/s5cmd/bin/s5cmd"))
+    if not s5cmd_binaries:
+        raise SystemExit(f"s5cmd not found in {tools_venv}: run `make bench` (it installs the rival tools)")
+    s5cmd = str(s5cmd_binaries[0])
+    aws = str(tools_venv / "bin" / "aws")
+    return {
+        "hortacloud": lambda src, dst: [
+            sys.executable,
+            "-m",
+            "hortacloud.s3sync",
+            "--progress-interval",
+            "3600",
+            str(src),
+            dst,
+        ],
+        "s5cmd": lambda src, dst: [s5cmd, "--endpoint-url", endpoint.url, "sync", f"{src}/", dst],
+        "aws": lambda src, dst: [
+            aws,
+            "--endpoint-url",
+            endpoint.url,
+            "s3",
+            "sync",
+            str(src),
+            dst,
+            "--only-show-errors",
+        ],
+    }
+
+
+def make_trees(root: Path, scale: float) -> dict[str, Path]:
+    count = max(int(5000 * scale), 50)
+    return {
+        "small": make_flat_tree(root / "small", count, lambda rng: 64 * KIB, seed=1),
+        "mixed": make_flat_tree(
+            root / "mixed", count, lambda rng: rng.randint(64 * KIB, 512 * KIB), seed=2, big=(64 * MIB, 64 * MIB)
+        ),
+    }
+
+
+def print_table(rows: list[Measurement]) -> None:
+    print(
+        f"\n{'tree':<7} {'phase':<6} {'tool':<11} {'wall s':>8} {'files/s':>9} {'MB/s':>8} {'peak RSS MiB':>13} "
+        f"{'ours/tool':>10}"
+    )
+    ours = {(row.tree, row.phase): row.seconds for row in rows if row.tool == "hortacloud"}
+    for row in rows:
+        ratio = ours[(row.tree, row.phase)] / row.seconds
+        print(
+            f"{row.tree:<7} {row.phase:<6} {row.tool:<11} {row.seconds:>8.2f} {row.files_per_second:>9.0f} "
+            f"{row.mb_per_second:>8.1f} {row.peak_rss_mib:>13.1f} {ratio:>10.2f}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tools-venv", type=Path, required=True, help="venv holding awscli and s5cmd")
+    parser.add_argument("--quick", action="store_true", help="trees a tenth the size (harness check)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where trees and server data go")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hortacloud-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args.tools_venv.resolve(), workdir, scale, args.strict)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
+    print(f"Generating trees in {workdir} ...", flush=True)
+    trees = make_trees(workdir / "trees", scale)
+    server = SeaweedS3(workdir / "seaweedfs", buckets=(BUCKET,))
+    endpoint = server.start()
+    print(f"SeaweedFS (pid {server.pid}) at {endpoint.url}", flush=True)
+    try:
+        env = {**os.environ, **endpoint.client_env()}
+        env |= {"AWS_CONFIG_FILE": str(workdir / "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "none")}
+        commands = tool_commands(tools_venv, endpoint)
+        rows: list[Measurement] = []
+        for tree_name, tree in trees.items():
+            files, size = tree_bytes(tree)
+            tools = list(commands)
+            random.Random(tree_name).shuffle(tools)  # no tool always goes first
+            for phase in ("cold", "no-op"):
+                for tool in tools:
+                    argv = commands[tool](tree, f"s3://{BUCKET}/{tool}/{tree_name}/")
+                    seconds, rss = run_measured(argv, env)
+                    rows.append(Measurement(tool, tree_name, phase, seconds, files, size, rss))
+                    print(f"  {tree_name} {phase} {tool}: {seconds:.2f} s, peak RSS {rss:.1f} MiB", flush=True)
+        print_table(rows)
+
+        print("\nMemory: our peak RSS against tree size (4 KiB files)", flush=True)
+        rss = {}
+        for count in (int(5000 * scale), int(50000 * scale)):
+            tree = make_flat_tree(workdir / "trees" / f"mem{count}", count, lambda rng: 4 * KIB, seed=3)
+            seconds, rss[count] = run_measured(commands["hortacloud"](tree, f"s3://{BUCKET}/mem/{count}/"), env)
+            print(f"  {count:>6} files: {seconds:.2f} s, peak RSS {rss[count]:.1f} MiB", flush=True)
+    finally:
+        server.stop()
+
+    def time_of(tool: str, tree: str, phase: str) -> float:
+        return next(r.seconds for r in rows if (r.tool, r.tree, r.phase) == (tool, tree, phase))
+
+    small_count, large_count = sorted(rss)
+    checks = [
+        (
+            f"cold {tree}: at least as fast as s5cmd",
+            time_of("hortacloud", tree, "cold") <= time_of("s5cmd", tree, "cold"),
+        )
+        for tree in trees
+    ]
+    checks += [
+        (
+            f"no-op {tree}: within 1.5x of s5cmd",
+            time_of("hortacloud", tree, "no-op") <= 1.5 * time_of("s5cmd", tree, "no-op"),
+        )
+        for tree in trees
+    ]
+    growth = rss[large_count] / rss[small_count] - 1
+    checks.append(
+        (f"peak RSS {large_count:,} vs {small_count:,} files within 10% ({growth:+.1%})", abs(growth) <= 0.10)
+    )
+    print("\nTargets:")
+    for label, ok in checks:
+        print(f"  {'PASS' if ok else 'MISS'}  {label}")
+    return 1 if strict and not all(ok for _, ok in checks) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""``make demo``: publish a generated sample through a real Airflow into a local S3 server, then show the bucket.
+
+Everything runs on 127.0.0.1 and stops at the end: SeaweedFS as the bucket, the LSF emulator as the cluster
+(its jobs really run the transfers, with this project's sync CLI standing in for ``aws s3 sync``), and Airflow's
+api-server, scheduler, dag-processor and triggerer. The upload DAG is triggered over the REST API for all five
+products, exactly as a user would from the UI; the demo then prints the task states and what landed.
+
+Leaves its work folder (``.demo/``: sample tree, logs, task logs) for a look afterwards; ``--keep-running`` keeps
+the stack up so the UI can be opened at the printed address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from devstack.airflow_stack import AirflowStack
+from devstack.lsf import Emulator
+from devstack.s3server import SeaweedS3
+from devstack.sampletree import make_sample, write_random
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = "2023-05-10"
+BUCKET = "janelia-mouselight-imagery"
+PRODUCTS = ["images", "registration", "segmentation", "tracings", "carveouts"]
+
+
+def make_site(site: Path) -> dict[str, Path]:
+    """A miniature Janelia: the image bases and the cluster roots, with one sample in each."""
+    import random
+
+    rng = random.Random(7)
+    roots = {
+        "nrs": site / "nrs" / "mouselight" / "SAMPLES",
+        "nearline": site / "nearline" / "mouselight" / "data" / "RENDER_archive",
+        "registration": site / "groups" / "registration" / "Database",
+        "segmentation": site / "groups" / "cluster" / "Reconstructions",
+        "finished_neurons": site / "groups" / "shared_tracing" / "Finished_Neurons",
+        "tracing_complete": site / "groups" / "tracing_complete",
+        "carveouts": site / "nrs" / "funke" / "mouselight",
+        "carveouts_v2": site / "nrs" / "funke" / "mouselight-v2",
+    }
+    make_sample(roots["nrs"] / SAMPLE, depth=3, block_size=lambda r: r.randint(8 * 1024, 64 * 1024))
+    registration = roots["registration"] / SAMPLE
+    for name in (f"{SAMPLE}.horta.yml", f"{SAMPLE}.nrrd", "HortaObj/Striatum_672.obj"):
+        write_random(registration / name, rng.randint(2000, 20000), rng)
+    for number in range(1, 6):
+        write_random(roots["segmentation"] / SAMPLE / "stitching-output" / f"fragment-{number:03}.swc", 4000, rng)
+    for number in (1, 2, 3):
+        tag = f"G-{number:03}"
+        for name in ("consensus.swc", "dendrite.swc", "base.swc"):
+            write_random(roots["tracing_complete"] / SAMPLE / tag / name, rng.randint(3000, 9000), rng)
+        (roots["tracing_complete"] / SAMPLE / tag / "soma.txt").write_text("Primary motor area, Layer 5\r\n")
+        write_random(roots["finished_neurons"] / SAMPLE / f"{SAMPLE}_{tag}_ab.swc", 5000, rng)
+    write_random(roots["carveouts_v2"] / SAMPLE / "fluorescence-near-consensus.n5" / "attributes.json", 300, rng)
+    return roots
+
+
+def write_config(path: Path, roots: dict[str, Path], lsf_output: Path) -> None:
+    sync_cli = f"{sys.executable} -m hortacloud.s3sync --progress-interval 5"
+    path.write_text(
+        f"""# hortacloud demo site: every path points into {path.parent}
+[images]
+bases = ["{roots["nrs"]}", "{roots["nearline"]}"]
+[sync]
+workers = 32
+progress_interval_seconds = 2
+[cluster]
+registration = "{roots["registration"]}"
+segmentation = "{roots["segmentation"]}"
+finished_neurons = "{roots["finished_neurons"]}"
+tracing_complete = "{roots["tracing_complete"]}"
+carveouts = ["{roots["carveouts"]}", "{roots["carveouts_v2"]}"]
+[lsf]
+output_dir = "{lsf_output}"
+# The emulated cluster has no aws-cli: the project's own sync CLI does the job's transfer.
+transfer_command = "{sync_cli} {{source}}/ {{destination}}/"
+aws_profile = ""
+poll_interval_seconds = 2
+"""
+    )
+
+
+def show_bucket(client) -> None:  # type: ignore[no-untyped-def]
+    """What landed: a line per product prefix with object count and size, then a few keys of each."""
+    groups: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            parts = item["Key"].split("/")
+            group = "/".join(parts[:3] if parts[0] == "tracings" else parts[:2])
+            groups[group].append((item["Key"], item["Size"]))
+    print(f"\nWhat landed in s3://{BUCKET}:")
+    for group in sorted(groups):
+        objects = groups[group]
+        total = sum(size for _, size in objects)
+        print(f"  {group + '/':<45} {len(objects):>5} objects {total / 2**20:>8.2f} MiB")
+        for key, size in sorted(objects)[:3]:
+            print(f"      {key} ({size:,} bytes)")
+        if len(objects) > 3:
+            print(f"      ... and {len(objects) - 3} more")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
+    parser.add_argument("--keep-running", action="store_true", help="leave the stack up until Ctrl-C")
+    args = parser.parse_args(argv)
+    work: Path = args.workdir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    print(f"1. Generating a sample tree for {SAMPLE} under {work / 'site'}", flush=True)
+    roots = make_site(work / "site")
+    config = work / "hortacloud-demo.toml"
+    write_config(config, roots, work / "lsf-output")
+    (work / "lsf-output").mkdir()
+
+    s3 = SeaweedS3(work / "seaweedfs", buckets=(BUCKET,))
+    stack: AirflowStack | None = None
+    lsf = Emulator(work / "lsf-state")
+    try:
+        endpoint = s3.start()
+        print(f"2. SeaweedFS S3 server (pid {s3.pid}) at {endpoint.url}, bucket {BUCKET}", flush=True)
+        env = lsf.env(base={})
+        env |= {
+            "AIRFLOW_CONN_HORTACLOUD_S3": endpoint.connection_json(),
+            "HORTACLOUD_CONFIG": str(config),
+            # The LSF jobs inherit the submitter's environment (bsub -env all), so their sync reaches the same
+            # server with the same keys; nothing secret appears on a command line.
+            **endpoint.client_env(),
+        }
+        stack = AirflowStack(work / "airflow", ROOT / "dags", env, plugins_folder=ROOT / "plugins")
+        started = time.monotonic()
+        client = stack.start()
+        print(
+            f"3. Airflow up in {time.monotonic() - started:.0f} s at {stack.url} (user admin, password in "
+            f"{stack.passwords_file})",
+            flush=True,
+        )
+        client.wait_for_dag("hortacloud_upload_sample", timeout=120)
+        client.ensure_pool("hortacloud_lsf", 4, "LSF submissions of hortacloud")
+        client.unpause("hortacloud_upload_sample")
+        conf = {"sample": SAMPLE, "products": PRODUCTS}
+        run_id = client.trigger("hortacloud_upload_sample", conf)
+        print(f"4. Triggered hortacloud_upload_sample with {json.dumps(conf)}: run {run_id}", flush=True)
+        state = client.wait_for_run("hortacloud_upload_sample", run_id, timeout=600)
+        print(f"5. Run finished: {state}")
+        for ti in client.task_instances("hortacloud_upload_sample", run_id):
+            index = f"[{ti.get('rendered_map_index') or ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""
+            print(f"     {ti['task_id'] + index:<45} {ti['state']}")
+        jobs = lsf.jobs()
+        print(f"   LSF jobs: {', '.join(f'{job.id} {job.name}' for job in jobs) or 'none'}")
+        show_bucket(endpoint.boto3_client())
+        print(f"\nLogs: {stack.logs_folder}; sample tree: {work / 'site'}")
+        if args.keep_running:
+            print(f"Airflow UI: {stack.url} — Ctrl-C to stop", flush=True)
+            while True:
+                time.sleep(3600)
+        return 0 if state == "success" else 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if stack is not None:
+            stack.stop()
+        s3.stop()
+        lsf.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
