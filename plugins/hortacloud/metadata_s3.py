@@ -279,13 +279,7 @@ def apply(
     existing = existing_metadata(client, bucket, locations)
     report.neurons_in_bucket = sum(described_neurons(body) for body in existing.values())
     report.neurons_described = sum(d.neuron_count for d in documents)
-    try:
-        check_guard(mapping.injections, report.neurons_described, report.neurons_in_bucket, min_share)
-    except GuardRefusal as err:
-        report.refusal = str(err)
-        report.refused = [w.key for w in writes]
-        err.report = report  # type: ignore[attr-defined]
-        raise
+    changed: list[PlannedWrite] = []
     for write in writes:
         current = (
             existing.get(write.key) if write.key.startswith("neurons/") else read_object(client, bucket, write.key)
@@ -293,10 +287,20 @@ def apply(
         if current == write.body:
             report.unchanged.append(write.key)
             continue
-        if current is not None and write.key in existing:
+        if current is not None and write.key.startswith("neurons/"):
             before, after = described_neurons(current), described_neurons(write.body)
             if after < before:
                 log.warning("%s: %d neurons, was %d", write.key, after, before)
+        changed.append(write)
+    try:
+        check_guard(mapping.injections, report.neurons_described, report.neurons_in_bucket, min_share)
+    except GuardRefusal as err:
+        report.refusal = str(err)
+        report.refused = [w.key for w in changed]
+        report.unchanged = []
+        err.report = report  # type: ignore[attr-defined]
+        raise
+    for write in changed:
         if not dry_run:
             client.put_object(Bucket=bucket, Key=write.key, Body=write.body, ContentType=JSON_CONTENT_TYPE)
             log.info("Wrote s3://%s/%s (%d bytes)", bucket, write.key, len(write.body))

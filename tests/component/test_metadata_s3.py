@@ -158,7 +158,7 @@ def test_worse_data_is_refused_with_the_numbers_and_nothing_written(s3_client, b
         run(s3_client, bucket, only_2017)
     assert "describes 4 neurons, fewer than 90% of the 35 the bucket already describes" in str(err.value)
     report = err.value.report  # type: ignore[attr-defined]
-    assert "neurons/tracing_complete/2017-01-15/metadata.json" in report.refused
+    assert report.refused == ["neurons/tracing_complete/2017-01-15/metadata.json"]  # the one file that would change
     assert report.written == []
     assert snapshot(s3_client, bucket) == before
 
