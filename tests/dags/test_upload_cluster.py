@@ -1,0 +1,109 @@
+"""The upload DAG's cluster products through ``dag.test()``: LSF jobs (the emulator) really copy into the S3 server.
+
+The emulator runs each job's command with bash, as LSF would. The transfer template is the project's own uploader
+(``python -m hortacloud.s3sync``) instead of ``aws s3 sync``; the S3 credentials reach the job only through the
+environment that bsub passes on (``-env all``), never through its command line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.component.conftest_lsf import *  # noqa: F403
+from tests.component.conftest_lsf import LsfCluster
+from tests.conftest import BUCKET
+
+pytestmark = pytest.mark.airflow
+
+SAMPLE = "2023-05-10"
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture
+def cluster_site(tmp_path: Path, site_config, s3_server, lsf: LsfCluster, monkeypatch):  # type: ignore[no-untyped-def]
+    """Registration, segmentation and tracings folders of one sample, and a config pointing the DAG at them."""
+    groups = tmp_path / "groups"
+    _tree(groups / "registration" / SAMPLE, {"transform.h5": "reg", "sub/points.csv": "1,2,3\n"})
+    _tree(groups / "reconstructions" / SAMPLE / "stitching-output", {"tile-0001.tif": "seg"})
+    _tree(groups / "finished" / SAMPLE, {"it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"})
+    (groups / "logs").mkdir()
+    template = f"{sys.executable} -m hortacloud.s3sync {{source}}/ {{destination}}/ --workers 4 --progress-interval 1"
+    site_config(
+        f"""
+[cluster]
+registration = "{groups / "registration"}"
+segmentation = "{groups / "reconstructions"}"
+finished_neurons = "{groups / "finished"}"
+tracing_complete = "{groups / "tracing_complete"}"
+carveouts = ["{groups / "funke1"}"]
+[lsf]
+transfer_command = {json.dumps(template)}
+aws_profile = ""
+output_dir = "{groups / "logs"}"
+poll_interval_seconds = 0.2
+"""
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_S3", s3_server.connection_json())
+    for name, value in s3_server.client_env().items():
+        monkeypatch.setenv(name, value)  # what the cluster user's environment would hold
+    return groups
+
+
+def _run(conf: dict):  # type: ignore[no-untyped-def]
+    from airflow.models import DagBag
+
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags["hortacloud_upload_sample"]
+    return dag.test(run_conf=conf)
+
+
+def _keys(client, prefix: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode()
+    return found
+
+
+def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s3_client):  # type: ignore[no-untyped-def]
+    run = _run({"sample": SAMPLE, "products": ["registration", "segmentation", "tracings"]})
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "success", states
+    assert states[("registration.transfer", 0)] == "success"
+    assert states[("segmentation.transfer", 0)] == "success"
+    assert states[("tracings.transfer", 0)] == "success"
+    assert {state for (task, _), state in states.items() if task.startswith(("carveouts.", "images."))} == {"skipped"}
+
+    assert _keys(s3_client, f"registration/{SAMPLE}/") == {
+        f"registration/{SAMPLE}/transform.h5": "reg",
+        f"registration/{SAMPLE}/sub/points.csv": "1,2,3\n",
+    }
+    assert _keys(s3_client, f"segmentation/{SAMPLE}/") == {f"segmentation/{SAMPLE}/tile-0001.tif": "seg"}
+    assert _keys(s3_client, f"tracings/Finished_Neurons/{SAMPLE}/") == {
+        f"tracings/Finished_Neurons/{SAMPLE}/it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"
+    }
+
+    submitted = lsf.calls("bsub")
+    assert len(submitted) == 3
+    names = sorted(argv[argv.index("-J") + 1] for argv in submitted)
+    assert [name.split(".")[0] for name in names] == ["reg0510", "seg0510-1", "tra0510-1"]
+    for argv in submitted:
+        assert argv[argv.index("-P") + 1] == "mouselight" and argv[argv.index("-n") + 1] == "4"
+        assert argv[argv.index("-o") + 1] == str(cluster_site / "logs" / "%J.out")
+        secret = s3_client._request_signer._credentials.secret_key
+        assert all(secret not in word for word in argv)
+
+
+def test_dry_run_submits_nothing(airflow_db, cluster_site, lsf):  # type: ignore[no-untyped-def]
+    run = _run({"sample": SAMPLE, "products": ["segmentation"], "dry_run": True})
+    assert str(run.state) == "success"
+    assert lsf.calls() == []  # not even a lookup: nothing reaches LSF
