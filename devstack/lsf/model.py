@@ -282,7 +282,6 @@ def _observe_scripted(job: Job, now: float, kill_delay: float) -> View:
             start_time,
             finish_at,
             timeline,
-            killed_while_pending=start_time is None and stat == "EXIT",
         )
     # Still on the way: the segment that contains ``now``.
     shown = [(state, start, end) for state, start, end in timeline if start <= now]

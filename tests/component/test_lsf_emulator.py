@@ -567,6 +567,14 @@ def test_concurrent_submissions_get_distinct_sequential_ids(lsf: Emulator) -> No
     assert len(lsf.calls("bsub")) == 8
 
 
+def test_every_knob_is_documented_in_the_readme() -> None:
+    from devstack.lsf.knobs import DEFAULTS
+
+    readme = (BIN_DIR.parent / "README.md").read_text()
+    documented = set(re.findall(r"`(FAKE_LSF_[A-Z_]+)`", readme)) - {"FAKE_LSF_DIR"}
+    assert documented == set(DEFAULTS)
+
+
 def test_missing_state_dir_is_a_clear_error() -> None:
     env = {key: value for key, value in os.environ.items() if key != "FAKE_LSF_DIR"}
     result = subprocess.run([str(BIN_DIR / "bjobs")], env=env, capture_output=True, text=True, timeout=30)
