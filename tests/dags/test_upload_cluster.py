@@ -82,6 +82,12 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
     assert states[("segmentation.transfer", 0)] == "success"
     assert states[("tracings.transfer", 0)] == "success"
     assert {state for (task, _), state in states.items() if task.startswith(("carveouts.", "images."))} == {"skipped"}
+    shown = {ti.task_id: ti.rendered_map_index for ti in run.get_task_instances() if ti.map_index >= 0}
+    assert shown == {
+        "registration.transfer": "reg0510",
+        "segmentation.transfer": "seg0510-1",
+        "tracings.transfer": "tra0510-1",
+    }
 
     assert _keys(s3_client, f"registration/{SAMPLE}/") == {
         f"registration/{SAMPLE}/transform.h5": "reg",
