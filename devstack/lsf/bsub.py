@@ -325,8 +325,9 @@ def _wait_for(ctx: Context, job_id: int, submitted: float) -> int:
             return LSF_ERROR
         view = view_of(ctx, job)
         if view.start_time is not None and not announced:
-            ctx.err(f"<<Starting on {job.exec_host}>>")
             announced = True
+            if os.environ.get("LSB_SUBK_SHOW_EXEC_HOST"):
+                ctx.err(f"<<Starting on {job.exec_host}>>")
         if view.finished:
             ctx.err("<<Job is finished>>")
             if view.stat in {"DONE", "PDONE"}:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from devstack.lsf.knobs import EmulatorError
+from devstack.lsf.knobs import EmulatorError, Knobs
 from devstack.lsf.state import StateDir, state_dir_from_env
 
 COMMANDS = ("bsub", "bjobs", "bkill", "bhist")
@@ -31,13 +31,16 @@ class Context:
     logged: bool = False
 
     @property
-    def knobs(self):  # type: ignore[no-untyped-def]
+    def knobs(self) -> Knobs:
+        """The state folder's knobs (knobs.json over the environment)."""
         return self.state.knobs
 
     def out(self, line: str = "") -> None:
+        """One line on stdout."""
         self.stdout.write(line + "\n")
 
     def err(self, line: str) -> None:
+        """One line on stderr, flushed at once (hanging commands print there while they wait)."""
         self.stderr.write(line + "\n")
         self.stderr.flush()
 

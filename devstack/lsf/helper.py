@@ -17,6 +17,8 @@ from devstack.lsf.model import View, observe, parse_unknown
 from devstack.lsf.state import STATE_ENV, Job, StateDir
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
+# LSF's own client variables the emulator honours; read from the environment only.
+LSF_VARIABLES = ("BSUB_STDERR", "LSB_SUBK_SHOW_EXEC_HOST")
 
 
 class Emulator:
@@ -50,8 +52,8 @@ class Emulator:
         current = self.state.knobs.overrides()
         for name, value in knobs.items():
             _check_knob(name)
-            if name == "BSUB_STDERR":
-                raise EmulatorError("BSUB_STDERR is LSF's own environment variable: pass it to env(), not set_knobs()")
+            if name in LSF_VARIABLES:
+                raise EmulatorError(f"{name} is LSF's own environment variable: pass it to env(), not set_knobs()")
             if value is None:
                 current.pop(name, None)
             else:
@@ -117,5 +119,5 @@ class Emulator:
 
 
 def _check_knob(name: str) -> None:
-    if name not in DEFAULTS and name != "BSUB_STDERR":
+    if name not in DEFAULTS and name not in LSF_VARIABLES:
         raise EmulatorError(f"{name} is not an LSF emulator knob; known: {', '.join(sorted(DEFAULTS))}")

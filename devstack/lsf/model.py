@@ -139,10 +139,12 @@ class View:
 
     @property
     def finished(self) -> bool:
+        """DONE, EXIT, PDONE or PERR."""
         return self.stat in TERMINAL_STATES
 
     @property
     def pend_reason(self) -> str:
+        """bjobs' pend_reason text for a pending state, else ""."""
         return PEND_REASONS.get(self.stat, "")
 
 

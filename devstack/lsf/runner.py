@@ -72,6 +72,7 @@ def _same_job(job: Job | None, submitted: float) -> bool:
 
 
 def run(state: StateDir, job_id: int, submitted: float) -> None:
+    """Pend, start, wait, report, record; gives up quietly if bkill came first or the id now names another job."""
     job = state.load(job_id)
     if not _same_job(job, submitted):
         return

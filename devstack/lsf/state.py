@@ -70,6 +70,7 @@ class Job:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Job:
+        """A Job from its stored JSON; unknown keys (from another emulator version) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})  # type: ignore[arg-type]
 
@@ -116,6 +117,7 @@ class StateDir:
     # --- jobs ---------------------------------------------------------------------------------------------------
 
     def job_path(self, job_id: int) -> Path:
+        """Where the job's record lives."""
         return self.jobs_dir / f"{job_id}.json"
 
     def load(self, job_id: int) -> Job | None:

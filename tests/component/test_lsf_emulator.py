@@ -46,12 +46,14 @@ def sh(emulator: Emulator, *argv: str, stdin: str | None = None, **knobs: Any) -
 
 
 def submitted_id(out: str) -> int:
+    """The id from ``Job <N> is submitted ...``, with the regex the reference recommends."""
     match = re.search(r"Job <(\d+)> is submitted", out)
     assert match, f"no job id in {out!r}"
     return int(match.group(1))
 
 
 def stat_line(emulator: Emulator, job_id: int, fields: str = "jobid stat exit_code exit_reason") -> str:
+    """``bjobs -noheader -o "<fields> delimiter='|'" <id>``, which must succeed."""
     result = sh(emulator, "bjobs", "-noheader", "-o", f"{fields} delimiter='|'", str(job_id))
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -291,10 +293,13 @@ def test_per_job_plans_cover_every_state(lsf: Emulator) -> None:
 
 def test_bsub_k_waits_and_returns_the_job_exit_code(lsf: Emulator) -> None:
     result = sh(lsf, "bsub", "-K", "-J", "k", "false", FAKE_LSF_PLAN="PEND:0.2,RUN:0.2,EXIT:3")
+    shown = sh(lsf, "bsub", "-K", "true", FAKE_LSF_PLAN="RUN:0,DONE", LSB_SUBK_SHOW_EXEC_HOST="Y")
 
     assert result.returncode == 3
     assert result.stdout == f"Job <{FIRST}> is submitted to default queue <normal>.\n"
-    assert result.stderr == "<<Waiting for dispatch ...>>\n<<Starting on h07u01>>\n<<Job is finished>>\n"
+    assert result.stderr == "<<Waiting for dispatch ...>>\n<<Job is finished>>\n"
+    assert shown.returncode == 0
+    assert shown.stderr == "<<Waiting for dispatch ...>>\n<<Starting on h07u01>>\n<<Job is finished>>\n"
 
 
 def test_bsub_k_returns_126_when_killed_while_pending(lsf: Emulator) -> None:
