@@ -1,0 +1,722 @@
+"""A real Airflow 3.3.2 on 127.0.0.1: api-server, scheduler, dag-processor and triggerer, plus a small REST client.
+
+Follows shared/reference/local-services.md §2: the components are started one by one (never ``airflow
+standalone``, whose log servers bind 0.0.0.0), scheduler and triggerer with ``--skip-serve-logs``, the api-server
+with ``-H 127.0.0.1``. The simple auth manager reads a passwords file written here before start, so the password
+is never printed and never on a command line. Each component is a :class:`~devstack.procs.ManagedProcess`: its own
+process group, SIGTERM when this process dies, stopped by PID.
+
+    with AirflowStack(home, dags_folder, env={"AIRFLOW_CONN_HORTACLOUD_S3": endpoint.connection_json()}) as api:
+        api.wait_for_dag("hortacloud_upload_sample")
+        run_id = api.trigger("hortacloud_upload_sample", {"sample": "2023-05-10"})
+        assert api.wait_for_run("hortacloud_upload_sample", run_id, timeout=120) == "success"
+
+Command line (for poking at it by hand; prints the URL and where the password file is, never the password)::
+
+    python -m devstack.airflow_stack up --dags dags/ [--home .airflow-dev] [--env-file extra.env]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devstack.procs import LOOPBACK, ManagedProcess, free_port
+
+log = logging.getLogger(__name__)
+
+USERNAME = "admin"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+HEALTH_KEYS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+FINISHED_RUN_STATES = frozenset({"success", "failed"})
+FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+# Variables of the calling process that would leak into the stack's Airflow (the test session's own AIRFLOW_HOME,
+# unit-test mode, a site config) are not inherited; only these are, plus whatever ``env`` passes explicitly.
+_INHERITED = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONDONTWRITEBYTECODE",
+)
+
+
+class AirflowApiError(RuntimeError):
+    """A REST call answered with an error status; ``status`` and ``detail`` are the server's."""
+
+    def __init__(self, method: str, path: str, status: int, detail: Any) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{method} {path} answered {status}: {detail}")
+
+
+def _venv_bin() -> Path:
+    # Not resolve(): .venv/bin/python is a symlink to the base interpreter; its siblings are the venv's scripts.
+    return Path(sys.executable).parent
+
+
+def airflow_binary() -> str:
+    """The ``airflow`` script next to this interpreter (the project venv), else the one on PATH."""
+    beside = _venv_bin() / "airflow"
+    found = str(beside) if beside.exists() else shutil.which("airflow")
+    if not found:
+        raise RuntimeError("airflow not found next to the interpreter nor on PATH: build the venv with `make venv`")
+    return found
+
+
+class AirflowStack:
+    """An isolated Airflow home and the four Airflow components, all on 127.0.0.1.
+
+    ``home`` becomes AIRFLOW_HOME (created; database, logs, config and the passwords file live there).
+    ``dags_folder`` is the DAG bundle ``dags-folder``; ``extra_bundles`` (name -> folder) adds more local bundles,
+    e.g. a test's own probe DAGs beside the project's. ``env`` is added to every component's environment (and so
+    to every task): ``AIRFLOW_CONN_*`` connections, ``HORTACLOUD_CONFIG``, ``AIRFLOW__*`` overrides, ``PYTHONPATH``,
+    ``PATH`` (prepended to the inherited one). ``start()`` returns an :class:`AirflowClient` logged in as
+    ``admin``; ``stop()`` ends every process by PID. Also a context manager yielding the client.
+
+    DAGs start paused (``paused_at_creation``), as in production: a scheduled DAG in the folder would otherwise
+    run at once. Unpause what you trigger (``client.unpause(dag_id)``); a run of a paused DAG stays queued.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        plugins_folder: Path | None = None,
+        parallelism: int = 3,
+        paused_at_creation: bool = True,
+        refresh_interval: int = 5,
+        extra_bundles: Mapping[str, Path] | None = None,
+    ) -> None:
+        self.home = Path(home).resolve()
+        self.dags_folder = Path(dags_folder).resolve()
+        self.plugins_folder = Path(plugins_folder).resolve() if plugins_folder else self.home / "plugins"
+        self.extra_env = dict(env or {})
+        self.parallelism = parallelism
+        self.paused_at_creation = paused_at_creation
+        self.refresh_interval = refresh_interval
+        self.extra_bundles = {name: Path(path).resolve() for name, path in (extra_bundles or {}).items()}
+        self.port: int | None = None
+        self.client: AirflowClient | None = None
+        self.processes: dict[str, ManagedProcess] = {}
+        self.startup_seconds: float | None = None
+        self.timings: dict[str, float] = {}
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("AirflowStack is not started")
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.home / PASSWORDS_FILE
+
+    @property
+    def logs_folder(self) -> Path:
+        """Component stdout/stderr (``<component>.log``) and, under ``tasks/``, the task logs."""
+        return self.home / "logs"
+
+    def environment(self) -> dict[str, str]:
+        """The environment every component runs with (no secrets in it except what ``env`` passed)."""
+        if self.port is None:
+            raise RuntimeError("AirflowStack is not started")
+        inherited = {key: os.environ[key] for key in _INHERITED if key in os.environ}
+        path = os.pathsep.join(p for p in (self.extra_env.get("PATH"), str(_venv_bin()), inherited.get("PATH")) if p)
+        settings = {
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Two cores: a handful of task processes at once is all the machine can run usefully.
+            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.paused_at_creation),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+            "AIRFLOW__API__HOST": LOOPBACK,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs_folder / "tasks"),
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(self.home / "bundles"),
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(self._bundles()),
+            # Default 300 s: a DAG file written after start would not be seen for minutes.
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(self.refresh_interval),
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            # Off by default; should it be switched on, its default host is 0.0.0.0.
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LOOPBACK,
+            "PYTHONWARNINGS": "ignore",
+            "TMPDIR": str(self.home / "tmp"),
+        }
+        env = inherited | settings | self.extra_env
+        env["PATH"] = path
+        return env
+
+    def _bundles(self) -> list[dict[str, Any]]:
+        local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+        bundles: list[dict[str, Any]] = [{"name": "dags-folder", "classpath": local, "kwargs": {}}]
+        for name, path in self.extra_bundles.items():
+            bundles.append({"name": name, "classpath": local, "kwargs": {"path": str(path)}})
+        return bundles
+
+    def start(self, timeout: float = 120.0) -> AirflowClient:
+        """Write the home, migrate the database, start the components, wait until all report healthy."""
+        if self.processes:
+            raise RuntimeError("AirflowStack is already started")
+        started = time.monotonic()
+        for folder in (self.home, self.logs_folder, self.plugins_folder, self.home / "tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.dags_folder, *self.extra_bundles.values()):
+            if not folder.is_dir():
+                raise RuntimeError(f"DAGs folder {folder} does not exist (pass an existing folder)")
+        self.port = free_port()
+        password = self._write_password()
+        env = self.environment()
+        airflow = airflow_binary()
+        self._migrate(airflow, env, timeout)
+        self.timings["migrated"] = time.monotonic() - started
+        argv = {
+            "api-server": [airflow, "api-server", "-H", LOOPBACK, "-p", str(self.port)],
+            "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+            "dag-processor": [airflow, "dag-processor"],
+            "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+        }
+        try:
+            for name in COMPONENTS:
+                self.processes[name] = ManagedProcess(
+                    name, argv[name], log_path=self.logs_folder / f"{name}.log", env=env, cwd=self.home
+                )
+            client = AirflowClient(self.url, USERNAME, password)
+            deadline = time.monotonic() + timeout
+            # The execution API builds its versioned routes on its first request (5-15 s here); a task's supervisor
+            # times out at 5 s and retries, or fails the task. Warm it as soon as the api-server answers, while the
+            # other components are still starting.
+            warmed = threading.Event()
+            threading.Thread(target=self._warm, args=(client, warmed, deadline), daemon=True).start()
+            self._wait(client.is_healthy, deadline, "all components healthy")
+            self.timings["healthy"] = time.monotonic() - started
+            self._wait(warmed.is_set, deadline, "execution API ready")
+        except BaseException:
+            self.stop()
+            raise
+        self.client = client
+        self.startup_seconds = self.timings["ready"] = time.monotonic() - started
+        log.info(
+            "Airflow at %s ready after %.1fs %s (home %s)", self.url, self.startup_seconds, self.timings, self.home
+        )
+        return client
+
+    def _warm(self, client: AirflowClient, warmed: threading.Event, deadline: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() < deadline and self.processes:
+            if client.execution_api_ready():
+                self.timings["execution_api_warm"] = time.monotonic() - started
+                warmed.set()
+                return
+            time.sleep(0.5)
+
+    def _write_password(self) -> str:
+        password = secrets.token_urlsafe(24)
+        fd = os.open(self.passwords_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({USERNAME: password}, out)
+        return password
+
+    def _migrate(self, airflow: str, env: dict[str, str], timeout: float) -> None:
+        out = self.logs_folder / "db-migrate.log"
+        with out.open("ab") as sink:
+            done = subprocess.run(
+                [airflow, "db", "migrate"],
+                env=env,
+                cwd=self.home,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            )
+        if done.returncode != 0:
+            tail = "\n".join(out.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"airflow db migrate exited with {done.returncode} (log {out}):\n{tail}")
+
+    def _wait(self, ready: Any, deadline: float, what: str) -> None:
+        while time.monotonic() < deadline:
+            for process in self.processes.values():
+                if not process.alive():
+                    raise RuntimeError(
+                        f"Airflow {process.name} exited with {process.proc.returncode} before {what} "
+                        f"(log {process.log_path}):\n{process.log_tail()}"
+                    )
+            if ready():
+                return
+            time.sleep(0.5)
+        tails = "\n".join(f"--- {p.name} ({p.log_path})\n{p.log_tail(15)}" for p in self.processes.values())
+        raise RuntimeError(f"Airflow at {self.url}: {what} not reached in time:\n{tails}")
+
+    def pids(self) -> set[int]:
+        """Every live process of the stack: the components and all their descendants (task processes included)."""
+        roots = {p.pid for p in self.processes.values() if p.alive()}
+        return _descendants(roots) | roots if roots else set()
+
+    def listeners(self) -> list[Listener]:
+        """Every TCP/UDP socket a process of the stack listens on."""
+        return listening_sockets(self.pids())
+
+    def stop(self, grace: float = 10.0) -> None:
+        """End every process of the stack: SIGTERM to each component's process group; after ``grace / 2`` s a
+        second SIGTERM (the triggerer and scheduler then stop waiting for triggers and tasks); SIGKILL to the
+        groups after ``grace`` s; finally any descendant still alive (task processes run in process groups of
+        their own) is killed by PID."""
+        strays = self.pids()
+        self._signal_all(signal.SIGTERM)
+        self._wait_exit(time.monotonic() + min(3.0, grace / 2))
+        if lingering := [p.name for p in self.processes.values() if p.alive()]:
+            log.info("Still stopping: %s; signalling again", ", ".join(lingering))
+        self._signal_all(signal.SIGTERM)
+        self._wait_exit(time.monotonic() + grace / 2)
+        for process in self.processes.values():
+            process.stop(grace=1.0)
+        for pid in sorted(strays & _live_pids()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.processes.clear()
+        self.client = None
+
+    def _signal_all(self, signum: int) -> None:
+        for process in self.processes.values():
+            if process.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signum)
+
+    def _wait_exit(self, deadline: float) -> None:
+        while any(p.alive() for p in self.processes.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def pss_mib(self) -> float:
+        """Proportional set size of all the stack's processes, in MiB (shared pages counted once)."""
+        total_kib = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total_kib += int(line.split()[1])
+        return total_kib / 1024
+
+    def __enter__(self) -> AirflowClient:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket: ``proto`` tcp/tcp6/udp/udp6, ``address`` as printed (``127.0.0.1``, ``::``)."""
+
+    proto: str
+    address: str
+    port: int
+    pid: int
+
+
+def _live_pids() -> set[int]:
+    return {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid in _live_pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _decode_address(hex_address: str, proto: str) -> tuple[str, int]:
+    import ipaddress
+
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    # /proc/net prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.IPv6Address(words) if proto.endswith("6") else ipaddress.IPv4Address(words)
+    return str(address), int(port, 16)
+
+
+def listening_sockets(pids: Iterable[int]) -> list[Listener]:
+    """Listening TCP sockets and bound UDP sockets owned by ``pids`` (read from /proc, no ``ss`` needed)."""
+    owner: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        owner[int(target[8:-1])] = pid
+    found = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], int(fields[9])
+                listening = state == "0A" if proto.startswith("tcp") else state == "07"
+                if listening and inode in owner:
+                    address, port = _decode_address(local, proto)
+                    if port:
+                        found.append(Listener(proto, address, port, owner[inode]))
+    return found
+
+
+class AirflowClient:
+    """The Airflow REST API (v2) as the stack's admin; a JWT from ``POST /auth/token``, renewed on 401."""
+
+    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._password = password
+        self._token: str | None = None
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"AirflowClient({self.base_url!r}, user={self.username!r})"
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, path: str, body: Any, headers: dict[str, str], timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"} | headers
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def token(self) -> str:
+        """A fresh access token for the admin user."""
+        status, payload = self._send("POST", "/auth/token", {"username": self.username, "password": self._password}, {})
+        if status not in (200, 201):
+            raise AirflowApiError("POST", "/auth/token", status, _detail(payload))
+        self._token = json.loads(payload)["access_token"]
+        return self._token
+
+    def request(self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None) -> Any:
+        """One authenticated call; returns the decoded JSON (None when empty), raises AirflowApiError on >= 400."""
+        if params:
+            path = f"{path}?{urllib.parse.urlencode(params, doseq=True)}"
+        for attempt in range(2):
+            token = self._token or self.token()
+            status, payload = self._send(method, path, body, {"Authorization": f"Bearer {token}"})
+            if status == 401 and attempt == 0:
+                self._token = None
+                continue
+            if status >= 400:
+                raise AirflowApiError(method, path, status, _detail(payload))
+            return json.loads(payload) if payload else None
+        raise AssertionError("unreachable")
+
+    # -- monitor --------------------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /api/v2/monitor/health`` (no login needed)."""
+        status, payload = self._send("GET", "/api/v2/monitor/health", None, {})
+        if status != 200:
+            raise AirflowApiError("GET", "/api/v2/monitor/health", status, _detail(payload))
+        return json.loads(payload)
+
+    def is_healthy(self) -> bool:
+        """True when the database, scheduler, triggerer and dag-processor all report healthy."""
+        try:
+            health = self.health()
+        except (OSError, AirflowApiError, ValueError):
+            return False
+        return all((health.get(key) or {}).get("status") == "healthy" for key in HEALTH_KEYS)
+
+    def execution_api_ready(self) -> bool:
+        """True once the task execution API answers (``GET /execution/health``)."""
+        try:
+            status, _ = self._send("GET", "/execution/health", None, {}, timeout=60.0)
+        except OSError:
+            return False
+        return status == 200
+
+    # -- DAGs -----------------------------------------------------------------------------------------------------
+
+    def dag(self, dag_id: str) -> dict[str, Any] | None:
+        """The DAG as the API shows it, None while it is not serialized yet."""
+        try:
+            return self.request("GET", f"/api/v2/dags/{_q(dag_id)}")
+        except AirflowApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        """DAG files the dag-processor could not import (``filename``, ``stack_trace``)."""
+        return self.request("GET", "/api/v2/importErrors", params={"limit": 100})["import_errors"]
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the dag-processor has serialized ``dag_id``; on time-out the import errors are in the message."""
+        deadline = time.monotonic() + timeout
+        while (found := self.dag(dag_id)) is None:
+            if time.monotonic() > deadline:
+                errors = self.import_errors()
+                detail = "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors) or "no import errors"
+                raise TimeoutError(f"DAG {dag_id!r} not visible in Airflow after {timeout:.0f}s; {detail}")
+            time.sleep(0.5)
+        return found
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.request("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": paused})
+
+    def unpause(self, dag_id: str) -> None:
+        """``PATCH /api/v2/dags/<id>`` with ``is_paused: false`` (DAGs start paused unless the stack says not)."""
+        self.set_paused(dag_id, False)
+
+    def pause(self, dag_id: str) -> None:
+        self.set_paused(dag_id, True)
+
+    def ensure_pool(self, name: str, slots: int, description: str = "") -> None:
+        """Create the pool, or set its slots when it exists (``POST``/``PATCH /api/v2/pools``)."""
+        try:
+            self.request("POST", "/api/v2/pools", {"name": name, "slots": slots, "description": description})
+        except AirflowApiError as error:
+            if error.status != 409:
+                raise
+            self.request("PATCH", f"/api/v2/pools/{_q(name)}", {"slots": slots}, params={"update_mask": "slots"})
+
+    # -- runs -----------------------------------------------------------------------------------------------------
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> str:
+        """Start a run with ``conf``; returns its run id. A conf the DAG's Params refuse raises AirflowApiError 400.
+
+        The run stays queued while the DAG is paused (``unpause`` first)."""
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.request("POST", f"/api/v2/dags/{_q(dag_id)}/dagRuns", body)["dag_run_id"]
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120.0, poll: float = 1.0) -> str:
+        """Wait until the run is ``success`` or ``failed`` and return that state; TimeoutError with the task
+        states if it is still going after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.dag_run(dag_id, run_id)["state"]
+            if state in FINISHED_RUN_STATES:
+                return state
+            if time.monotonic() > deadline:
+                states = {_ti_name(ti): ti["state"] for ti in self.task_instances(dag_id, run_id)}
+                raise TimeoutError(f"Run {run_id} of {dag_id} still {state} after {timeout:.0f}s; tasks: {states}")
+            time.sleep(poll)
+
+    # -- task instances -------------------------------------------------------------------------------------------
+
+    def task_instances(
+        self, dag_id: str, run_id: str, *, task_id: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
+        """All task instances of the run, one per map index for mapped tasks (paged through)."""
+        params: dict[str, Any] = {"limit": 100, "order_by": "map_index"}
+        if task_id:
+            params["task_id"] = task_id
+        if state:
+            params["state"] = state
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.request(
+                "GET",
+                f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances",
+                params=params | {"offset": len(found)},
+            )
+            found.extend(page["task_instances"])
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
+        return self.request("GET", path if map_index < 0 else f"{path}/{map_index}")
+
+    def wait_for_task_state(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        states: Iterable[str],
+        *,
+        map_index: int = -1,
+        timeout: float = 60.0,
+    ) -> str:
+        """Wait until the task instance is in one of ``states`` (e.g. ``{"deferred"}``) and return it; fails fast
+        if it finishes in another state."""
+        wanted = set(states)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.task_instance(dag_id, run_id, task_id, map_index)["state"]
+            if state in wanted:
+                return state
+            if state in FINISHED_TI_STATES or time.monotonic() > deadline:
+                raise TimeoutError(f"Task {task_id}[{map_index}] of {run_id} is {state}, never reached {wanted}")
+            time.sleep(0.5)
+
+    def wait_for_deferred(
+        self, dag_id: str, run_id: str, task_id: str, *, map_index: int = -1, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Wait until the task is deferred and its trigger is assigned to the triggerer; returns the task instance.
+
+        Marking a task failed before the triggerer has picked its trigger up deletes the trigger without calling
+        its ``on_kill``; once assigned, the trigger is cancelled and ``on_kill`` runs (give it a moment to have
+        started: the triggerer starts assigned triggers within about a second).
+        """
+        deadline = time.monotonic() + timeout
+        self.wait_for_task_state(dag_id, run_id, task_id, {"deferred"}, map_index=map_index, timeout=timeout)
+        while True:
+            ti = self.task_instance(dag_id, run_id, task_id, map_index)
+            if ti["state"] != "deferred":
+                raise RuntimeError(f"Task {task_id}[{map_index}] of {run_id} left deferred: {ti['state']}")
+            if (ti.get("trigger") or {}).get("triggerer_id") is not None:
+                return ti
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Trigger of {task_id}[{map_index}] of {run_id} not picked up by the triggerer")
+            time.sleep(0.3)
+
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1) -> None:
+        """``PATCH`` a task instance to ``success``, ``failed`` or ``skipped``, as "Mark failed" in the UI does.
+
+        For a deferred task the triggerer cancels the trigger and awaits its async ``on_kill()`` (Airflow 3.3;
+        the operator's ``on_kill`` is not called, no worker process exists), then its ``cleanup()``.
+        """
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
+        if map_index >= 0:
+            path = f"{path}/{map_index}"
+        self.request("PATCH", path, {"new_state": state})
+
+    def mark_task_failed(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        self.set_task_state(dag_id, run_id, task_id, "failed", map_index)
+
+    def clear_tasks(
+        self, dag_id: str, run_id: str, task_ids: Iterable[str | tuple[str, int]], *, only_failed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Clear task instances (``task_id`` or ``(task_id, map_index)``) so the scheduler runs them again."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [list(t) if isinstance(t, tuple) else t for t in task_ids],
+            "only_failed": only_failed,
+            "reset_dag_runs": True,
+        }
+        return self.request("POST", f"/api/v2/dags/{_q(dag_id)}/clearTaskInstances", body)["task_instances"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        """The task's log for one try as text, one line per record (``<time> <level> <event> key=value...``)."""
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/logs/{try_number}"
+        params = {"full_content": "true", "map_index": map_index}
+        return "\n".join(_log_line(entry) for entry in self.request("GET", path, params=params)["content"])
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _ti_name(ti: Mapping[str, Any]) -> str:
+    return ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
+
+
+def _detail(payload: bytes) -> Any:
+    try:
+        return json.loads(payload).get("detail", payload.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return payload.decode(errors="replace")
+
+
+def _log_line(entry: Any) -> str:
+    if not isinstance(entry, Mapping):
+        return str(entry)
+    rest = {k: v for k, v in entry.items() if k not in ("timestamp", "level", "event")}
+    extra = " ".join(f"{k}={v}" for k, v in rest.items())
+    parts = (entry.get("timestamp"), (entry.get("level") or "").upper() or None, entry.get("event"), extra or None)
+    return " ".join(str(p) for p in parts if p)
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``up``: start a stack on the given DAGs folder and keep it running until Ctrl-C / SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m devstack.airflow_stack", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start Airflow on 127.0.0.1 and wait")
+    up.add_argument("--dags", type=Path, default=Path("dags"), help="DAGs folder (default: dags)")
+    up.add_argument("--home", type=Path, default=Path(".airflow-dev"), help="AIRFLOW_HOME (default: .airflow-dev)")
+    up.add_argument("--plugins", type=Path, default=None, help="plugins folder (default: <home>/plugins)")
+    up.add_argument("--env-file", type=Path, default=None, help="KEY=VALUE lines added to the components' env")
+    up.add_argument("--parallelism", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    env = _read_env_file(args.env_file) if args.env_file else {}
+    stack = AirflowStack(args.home, args.dags, env, plugins_folder=args.plugins, parallelism=args.parallelism)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with stack:
+        log.info("Airflow UI/API: %s  user %s, password in %s", stack.url, USERNAME, stack.passwords_file)
+        log.info("Component logs: %s  (Ctrl-C stops everything)", stack.logs_folder)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.alive() for p in stack.processes.values()):
+                time.sleep(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
