@@ -476,7 +476,7 @@ class JobWatch:
     submitted_at: float
     not_found_grace: float = 120.0
     max_poll_failures: int = 10
-    log: logging.Logger | logging.LoggerAdapter[Any] = log
+    log: Any = log  # a logging.Logger or Airflow's structlog logger (self.log)
     last_stat: str | None = None
     failures: int = 0
 
@@ -716,16 +716,16 @@ class LsfHook(BaseHook):
         return CommandResult(proc.returncode, stdout, stderr)
 
     def _run_ssh(self, argv: Sequence[str]) -> CommandResult:
-        from airflow.sdk.exceptions import AirflowException
-
         try:
             with self.ssh_hook.get_conn() as client:
-                rc, out, err = self.ssh_hook.exec_ssh_client_command(
+                rc, raw_out, raw_err = self.ssh_hook.exec_ssh_client_command(
                     client, self._ssh_command(argv), get_pty=False, environment=None, timeout=self.command_timeout
                 )
-        except (OSError, EOFError, AirflowException) as err:
-            raise LsfTransientError(f"{argv[0]} over SSH ({self.lsf_conn_id}) failed: {err}") from err
-        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        except LsfError:
+            raise
+        except Exception as exc:  # paramiko, socket and SSHHook errors alike: the link failed, not LSF
+            raise LsfTransientError(f"{argv[0]} over SSH ({self.lsf_conn_id}) failed: {exc}") from exc
+        stdout, stderr = raw_out.decode(errors="replace"), raw_err.decode(errors="replace")
         if rc in (-1, 255) and not stdout.strip() and "Job <" not in stderr and not _PERMANENT_SIGNS.search(stderr):
             # 255 is also ssh's own failure code; only words LSF wrote tell an LSF answer apart from a dropped link.
             raise LsfTransientError(f"{argv[0]} over SSH exited {rc}: {stderr.strip() or 'no message'}")
