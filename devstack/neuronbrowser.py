@@ -15,6 +15,7 @@ and counts the GraphQL requests):
 - ``{"mode": "null_data"}`` HTTP 200 with ``{"data": null}``
 - ``{"mode": "garbage"}`` HTTP 200 with an HTML body
 - ``{"mode": "empty"}`` HTTP 200 with no injections
+- ``{"only": ["inj-1", ...]}`` serve only these injections (worse data); ``{"only": null}`` all again
 
 Run: ``python -m devstack.neuronbrowser --port N --fixture file.json``.
 """
@@ -46,6 +47,7 @@ class _State:
     mode: str = "ok"
     delay: float = 0.0
     fail_first: int = 0
+    only: list[str] | None = None
     requests: int = 0
     authorization: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,6 +57,7 @@ class _State:
             "mode": self.mode,
             "delay": self.delay,
             "fail_first": self.fail_first,
+            "only": self.only,
             "requests": self.requests,
             "authorization": list(self.authorization),
         }
@@ -107,6 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
                 state.mode = change["mode"]
             state.delay = float(change.get("delay", state.delay))
             state.fail_first = int(change.get("fail_first", state.fail_first))
+            if "only" in change:
+                state.only = None if change["only"] is None else [str(i) for i in change["only"]]
             if change.get("reset_counts"):
                 state.requests = 0
                 state.authorization.clear()
@@ -118,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests += 1
             state.authorization.append(self.headers.get("Authorization", ""))
-            mode, delay = state.mode, state.delay
+            mode, delay, only = state.mode, state.delay, state.only
             failing = state.fail_first > 0
             if failing:
                 state.fail_first -= 1
@@ -146,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             self._json(400, {"errors": [{"message": "POST body must be JSON with a 'query' string."}]})
             return
-        self._json(*self.server.run(query, request.get("variables"), empty=mode == "empty"))
+        self._json(*self.server.run(query, request.get("variables"), empty=mode == "empty", only=only))
 
 
 class _Server(ThreadingHTTPServer):
@@ -158,7 +163,9 @@ class _Server(ThreadingHTTPServer):
         self.data = data
         self.state = _State()
 
-    def run(self, query: str, variables: dict[str, Any] | None, *, empty: bool) -> tuple[int, dict[str, Any]]:
+    def run(
+        self, query: str, variables: dict[str, Any] | None, *, empty: bool, only: list[str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """Execute like Apollo: 400 for parse/validation errors, else 200 with data and any errors."""
         try:
             document = parse(query)
@@ -171,6 +178,8 @@ class _Server(ThreadingHTTPServer):
         root = dict(self.data)
         if empty:
             root["injections"] = []
+        elif only is not None:
+            root["injections"] = [i for i in root.get("injections", []) if i.get("id") in only]
         result = execute_sync(self.schema, document, root_value=root, variable_values=variables)
         body: dict[str, Any] = {"data": result.data}
         if result.errors:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,13 @@ def site(airflow_db, s3_server, nb_server, s3_client, fresh_bucket, site_config,
     )
     monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_S3", s3_server.connection_json())
     monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_NEURONBROWSER", nb_server.connection_json(token="dag-test-token"))
-    nb_server.set(mode="ok", delay=0, fail_first=0, reset_counts=True)
+    nb_server.set(mode="ok", delay=0, fail_first=0, only=None, reset_counts=True)
     return fresh_bucket
 
 
-@functools.cache
 def _dag():  # type: ignore[no-untyped-def]
+    # Parsed afresh for every run: dag.test(run_conf=...) leaves the conf in the DAG object's params (Airflow 3.3.2),
+    # so a reused DAG object would start its next run with the previous run's values instead of the defaults.
     from airflow.models import DagBag
 
     dag = DagBag(dag_folder=str(ROOT / "dags" / f"{DAG_ID}.py")).dags[DAG_ID]
@@ -81,7 +81,7 @@ def test_dag_shape_schedule_and_params() -> None:
     assert dag.get_task("build_and_write").upstream_task_ids == {"fetch_mapping", "scan"}
 
 
-def test_nightly_run_writes_the_metadata_then_nothing(site, s3_client) -> None:
+def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client, nb_server, capfd, caplog) -> None:
     run = _run({})
     assert str(run.state) == "success", _states(run)
     report = _report(run)
@@ -101,6 +101,17 @@ def test_nightly_run_writes_the_metadata_then_nothing(site, s3_client) -> None:
     second = _report(again)
     assert second["written"] == [] and second["unchanged"] == 6
     assert second["dates_in_s3"] == {"tracing_complete": 6}
+    assert snapshot(s3_client, site) == before
+
+    # NeuronBrowser now knows only one sample: the guard refuses, the run fails, the report still says why.
+    nb_server.set(only=["inj-2017"])
+    refused = _run({})
+    states = _states(refused)
+    assert str(refused.state) == "failed", states
+    assert states["build_and_write"] == "failed" and states["report"] == "failed"
+    out, err = capfd.readouterr()
+    assert "fewer than 90% of the 35 the bucket already describes" in out + err
+    assert "REFUSED:" in caplog.text + out + err  # the report task logged the report
     assert snapshot(s3_client, site) == before
 
 
