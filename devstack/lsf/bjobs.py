@@ -62,15 +62,15 @@ def field_getters(now: float) -> dict[str, Callable[[Job, View], str]]:
     }
 
 
-def parse_format(spec: str) -> tuple[list[str], str | None, str | None]:
-    """``"jobid stat:8 delimiter='^'"`` -> (field names, delimiter, error)."""
+def parse_format(spec: str) -> tuple[list[str], str | None]:
+    """``"jobid stat:8 delimiter='^'"`` -> (field names, delimiter or None). Widths are accepted and ignored."""
     delimiter = None
     match = re.search(r"delimiter=(['\"])(.*?)\1", spec)
     if match:
         delimiter = match.group(2)
         spec = spec[: match.start()] + spec[match.end() :]
     names = [word.split(":", 1)[0].lower() for word in spec.split()]
-    return names, delimiter, None
+    return names, delimiter
 
 
 def _select(ctx: Context, options: dict[str, list[str]]) -> list[tuple[Job, View]]:
@@ -114,7 +114,8 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else "*" + text[-(width - 1) :]
 
 
-def _table(ctx: Context, rows: list[tuple[Job, View]], wide: bool, header: bool) -> list[str]:
+def _table(rows: list[tuple[Job, View]], wide: bool, header: bool) -> list[str]:
+    """The default bjobs table (do not parse it; it is here for people)."""
     lines = []
     if header:
         lines.append(
@@ -135,7 +136,8 @@ def _table(ctx: Context, rows: list[tuple[Job, View]], wide: bool, header: bool)
     return lines
 
 
-def _long(ctx: Context, job: Job, view: View) -> list[str]:
+def _long(job: Job, view: View) -> list[str]:
+    """A minimal ``bjobs -l`` block, wrapped like LSF's."""
     lines = [
         "",
         wrap_lsf(
@@ -204,7 +206,7 @@ def run(ctx: Context, args: list[str]) -> int:
                 results.append((job, view))
     else:
         results.extend(_select(ctx, options))
-    found = [item for item in results if not isinstance(item, int)]
+    found: list[tuple[Job, View]] = [item for item in results if not isinstance(item, int)]
     missing = [item for item in results if isinstance(item, int)]
 
     if ctx.state.consume("FAKE_LSF_BJOBS_EMPTY"):
@@ -212,7 +214,7 @@ def run(ctx: Context, args: list[str]) -> int:
 
     lines: list[str] = []
     if "-o" in options:
-        names, delimiter, _ = parse_format(options["-o"][-1])
+        names, delimiter = parse_format(options["-o"][-1])
         getters = field_getters(ctx.now)
         unknown = [name for name in names if name not in getters]
         if unknown or not names:
@@ -237,13 +239,13 @@ def run(ctx: Context, args: list[str]) -> int:
             separator = delimiter if delimiter is not None else " "
             if found and "-noheader" not in options:
                 lines.append(separator.join(name.upper() for name in names))
-            for job, view in found:  # type: ignore[misc]
+            for job, view in found:
                 lines.append(separator.join(getters[name](job, view) or "-" for name in names))
     elif "-l" in options:
-        for job, view in found:  # type: ignore[misc]
-            lines += _long(ctx, job, view)
+        for job, view in found:
+            lines += _long(job, view)
     else:
-        lines = _table(ctx, found, "-w" in options, "-noheader" not in options and bool(found))  # type: ignore[arg-type]
+        lines = _table(found, "-w" in options, "-noheader" not in options and bool(found))
 
     if lines and ctx.state.consume("FAKE_LSF_GARBAGE_ONCE"):
         text = "\n".join(lines)
