@@ -69,15 +69,14 @@ class LsfConfig(_Section):
     poll_interval_seconds: float = Field(gt=0)
 
 
-NEURON_LOCATIONS = ("Finished_Neurons", "tracing_complete")
+NeuronLocation = Literal["Finished_Neurons", "tracing_complete"]
+NEURON_LOCATIONS: tuple[NeuronLocation, ...] = ("Finished_Neurons", "tracing_complete")
 
 
 class NeuronBrowserConfig(_Section):
     conn_id: str = Field(min_length=1)
     schedule: str = Field(min_length=1)
-    locations: tuple[Literal["Finished_Neurons", "tracing_complete"], ...] = Field(
-        default=NEURON_LOCATIONS, min_length=1
-    )
+    locations: tuple[NeuronLocation, ...] = Field(default=NEURON_LOCATIONS, min_length=1)
     neuron_prefix: str = "G-"
     min_share: float = Field(default=0.9, ge=0, le=1)
     connect_timeout_seconds: float = Field(default=10, gt=0)
