@@ -571,10 +571,10 @@ class JobWatch:
         return None
 
     def backoff(self, poll_interval: float) -> float:
-        """Seconds until the next poll: the interval, stretched exponentially (with jitter) after failures."""
+        """Seconds until the next poll: the interval, doubled after each failure in a row up to 8x, with jitter."""
         if not self.failures:
             return poll_interval
-        return min(poll_interval * 2 ** min(self.failures, 6), max(poll_interval, 300.0)) * random.uniform(1.0, 1.2)
+        return min(poll_interval * 2**self.failures, poll_interval * 8) * random.uniform(1.0, 1.2)
 
 
 # -- the hook --------------------------------------------------------------------------------------------------------

@@ -357,7 +357,7 @@ def test_on_kill_of_finished_or_unknown_job_is_fine(lsf: LsfCluster, capsys: pyt
 
 def test_hanging_bkill_does_not_hang_on_kill(lsf: LsfCluster, capsys: pytest.CaptureFixture[str]) -> None:
     lsf.knobs(FAKE_LSF_BKILL_HANG=10)
-    op = make_op(command_timeout=1.5, submit_retries=1)
+    op = make_op(command_timeout=1.5, submit_retries=0)
     op.lsf_job_id = "9148559"
     op.on_kill()
     assert "Could not bkill" in logged(capsys)
