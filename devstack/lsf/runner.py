@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from devstack.lsf.model import observe
 from devstack.lsf.report import deliver_report
@@ -60,6 +61,15 @@ def _record_crash(job: Job) -> None:
         now = time.time()
         job.start_time = job.start_time or now
         _record_end(job, 1, now)
+
+
+def _open_output(path: Path, append: bool) -> BinaryIO | None:
+    """Open a job output file, creating its folder; None if that is not possible."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab" if append else "wb")
+    except OSError:
+        return None
 
 
 def _record_end(job: Job, status: int, at: float) -> None:
@@ -111,17 +121,12 @@ def run(state: StateDir, job_id: int, submitted: float) -> None:
                 "LS_EXECCWD": cwd,
             }
         )
-        try:
-            out_target.parent.mkdir(parents=True, exist_ok=True)
-            out_handle = open(out_target, "ab" if direct and not job.out_overwrite else "wb")  # noqa: SIM115
-            err_handle = (
-                open(err_target, "wb" if job.err_overwrite else "ab")  # noqa: SIM115
-                if err_target is not None
-                else None
-            )
-        except OSError:
-            out_handle = open(spool, "wb")  # noqa: SIM115 - unwritable -o/-e: output is lost, as on LSF
-            err_handle = None
+        # An unwritable -o/-e loses that output, as on LSF; the job still runs.
+        out_handle = _open_output(out_target, append=direct and not job.out_overwrite) or _open_output(spool, False)
+        err_handle = _open_output(err_target, append=not job.err_overwrite) if err_target is not None else None
+        if err_target is not None and err_handle is None:
+            err_handle = open(os.devnull, "wb")  # noqa: SIM115 - closed right after Popen
+        assert out_handle is not None
         with out_handle:
             process = subprocess.Popen(
                 ["bash", "-c", job.command],

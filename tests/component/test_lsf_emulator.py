@@ -215,6 +215,16 @@ def test_done_job_report_and_direct_output_mode(lsf: Emulator, tmp_path: Path) -
     assert stat_line(lsf, job_id) == f"{job_id}|DONE|-|-"
 
 
+def test_output_folder_with_trailing_slash_and_separate_error_file(lsf: Emulator, tmp_path: Path) -> None:
+    job_id = submitted_id(
+        sh(lsf, "bsub", "-o", f"{tmp_path}/out/", "-e", f"{tmp_path}/err/", "echo to-out; echo to-err >&2").stdout
+    )
+    lsf.wait_finished(job_id)
+
+    assert (tmp_path / "out" / f"{job_id}.out").read_text().endswith("to-out\n")
+    assert (tmp_path / "err" / f"{job_id}.err").read_text() == "to-err\n"
+
+
 def test_pend_seconds_keep_a_real_job_pending(lsf: Emulator, tmp_path: Path) -> None:
     job_id = submitted_id(sh(lsf, "bsub", "true", FAKE_LSF_PEND_SECONDS="30").stdout)
     line = sh(lsf, "bjobs", "-noheader", "-o", "stat pend_reason exec_host delimiter=','", str(job_id)).stdout
@@ -448,6 +458,18 @@ def test_bkill_by_name_signal_and_force(lsf: Emulator) -> None:
     assert forced.stdout == f"Job <{lost}> is being terminated\n"
     assert stat_line(lsf, lost, "stat exit_reason").startswith("EXIT|TERM_FORCE_OWNER")
     assert (no_match.returncode, no_match.stderr) == (255, "Job <nothing>: No matching job found\n")
+
+
+def test_bkill_d_when_supported_records_done_and_bkill_can_hang(lsf: Emulator) -> None:
+    job_id = submitted_id(sh(lsf, "bsub", "true", FAKE_LSF_PLAN="RUN").stdout)
+    done = sh(lsf, "bkill", "-d", str(job_id), FAKE_LSF_BKILL_D_SUPPORTED="1")
+    finished = sh(lsf, "bjobs", "-d", "-noheader", "-o", "jobid stat exit_code")
+    lsf.set_knobs(FAKE_LSF_BKILL_HANG=1)
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(["bkill", str(job_id)], env=lsf.env(), capture_output=True, timeout=3)
+
+    assert (done.returncode, done.stdout) == (0, f"Job <{job_id}> is being terminated\n")
+    assert finished.stdout == f"{job_id} DONE -\n"
 
 
 # --- faults ----------------------------------------------------------------------------------------------------
