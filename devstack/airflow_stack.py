@@ -13,13 +13,14 @@ process group, SIGTERM when this process dies, stopped by PID.
 
 Command line (for poking at it by hand; prints the URL and where the password file is, never the password)::
 
-    python -m devstack.airflow_stack up --dags dags/ [--home .airflow-dev] [--env-file extra.env]
+    python -m devstack.airflow_stack up --dags dags/ [--home .demo/airflow] [--env-file extra.env]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -60,7 +61,6 @@ _INHERITED = (
     "LC_ALL",
     "LC_CTYPE",
     "TZ",
-    "TMPDIR",
     "PYTHONDONTWRITEBYTECODE",
 )
 
@@ -115,6 +115,7 @@ class AirflowStack:
         paused_at_creation: bool = True,
         refresh_interval: int = 5,
         extra_bundles: Mapping[str, Path] | None = None,
+        port: int | None = None,
     ) -> None:
         self.home = Path(home).resolve()
         self.dags_folder = Path(dags_folder).resolve()
@@ -124,6 +125,7 @@ class AirflowStack:
         self.paused_at_creation = paused_at_creation
         self.refresh_interval = refresh_interval
         self.extra_bundles = {name: Path(path).resolve() for name, path in (extra_bundles or {}).items()}
+        self.requested_port = port
         self.port: int | None = None
         self.client: AirflowClient | None = None
         self.processes: dict[str, ManagedProcess] = {}
@@ -198,12 +200,13 @@ class AirflowStack:
         if self.processes:
             raise RuntimeError("AirflowStack is already started")
         started = time.monotonic()
+        self.timings = {}
         for folder in (self.home, self.logs_folder, self.plugins_folder, self.home / "tmp"):
             folder.mkdir(parents=True, exist_ok=True)
         for folder in (self.dags_folder, *self.extra_bundles.values()):
             if not folder.is_dir():
                 raise RuntimeError(f"DAGs folder {folder} does not exist (pass an existing folder)")
-        self.port = free_port()
+        self.port = self.requested_port or free_port()
         password = self._write_password()
         env = self.environment()
         airflow = airflow_binary()
@@ -257,19 +260,24 @@ class AirflowStack:
         return password
 
     def _migrate(self, airflow: str, env: dict[str, str], timeout: float) -> None:
-        out = self.logs_folder / "db-migrate.log"
-        with out.open("ab") as sink:
-            done = subprocess.run(
-                [airflow, "db", "migrate"],
-                env=env,
-                cwd=self.home,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
+        migrate = ManagedProcess(
+            "db-migrate",
+            [airflow, "db", "migrate"],
+            log_path=self.logs_folder / "db-migrate.log",
+            env=env,
+            cwd=self.home,
+        )
+        try:
+            returncode = migrate.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:
+            migrate.stop()
+        if returncode != 0:
+            raise RuntimeError(
+                f"airflow db migrate {'timed out' if returncode is None else f'exited with {returncode}'} "
+                f"(log {migrate.log_path}):\n{migrate.log_tail()}"
             )
-        if done.returncode != 0:
-            tail = "\n".join(out.read_text(errors="replace").splitlines()[-30:])
-            raise RuntimeError(f"airflow db migrate exited with {done.returncode} (log {out}):\n{tail}")
 
     def _wait(self, ready: Any, deadline: float, what: str) -> None:
         while time.monotonic() < deadline:
@@ -295,10 +303,13 @@ class AirflowStack:
         return listening_sockets(self.pids())
 
     def stop(self, grace: float = 10.0) -> None:
-        """End every process of the stack: SIGTERM to each component's process group; after ``grace / 2`` s a
-        second SIGTERM (the triggerer and scheduler then stop waiting for triggers and tasks); SIGKILL to the
-        groups after ``grace`` s; finally any descendant still alive (task processes run in process groups of
-        their own) is killed by PID."""
+        """End every process of the stack: SIGTERM to each component's process group; after up to 3 s a second
+        SIGTERM (the triggerer and scheduler then stop waiting for triggers and tasks); SIGKILL to the groups
+        after about ``grace`` s in all; finally any descendant still alive (task processes run in process groups
+        of their own) is killed by PID. Takes 3-6 s here."""
+        if not self.processes:
+            return
+        began = time.monotonic()
         strays = self.pids()
         self._signal_all(signal.SIGTERM)
         self._wait_exit(time.monotonic() + min(3.0, grace / 2))
@@ -313,6 +324,7 @@ class AirflowStack:
                 os.kill(pid, signal.SIGKILL)
         self.processes.clear()
         self.client = None
+        log.info("Airflow at %s stopped in %.1fs", self.url, time.monotonic() - began)
 
     def _signal_all(self, signum: int) -> None:
         for process in self.processes.values():
@@ -375,8 +387,6 @@ def _descendants(roots: set[int]) -> set[int]:
 
 
 def _decode_address(hex_address: str, proto: str) -> tuple[str, int]:
-    import ipaddress
-
     host, port = hex_address.split(":")
     raw = bytes.fromhex(host)
     # /proc/net prints each 32-bit word in host (little-endian) order.
@@ -529,7 +539,8 @@ class AirflowClient:
         except AirflowApiError as error:
             if error.status != 409:
                 raise
-            self.request("PATCH", f"/api/v2/pools/{_q(name)}", {"slots": slots}, params={"update_mask": "slots"})
+            body = {"pool": name, "slots": slots, "include_deferred": False}
+            self.request("PATCH", f"/api/v2/pools/{_q(name)}", body, params={"update_mask": "slots"})
 
     # -- runs -----------------------------------------------------------------------------------------------------
 
@@ -611,9 +622,9 @@ class AirflowClient:
     ) -> dict[str, Any]:
         """Wait until the task is deferred and its trigger is assigned to the triggerer; returns the task instance.
 
-        Marking a task failed before the triggerer has picked its trigger up deletes the trigger without calling
-        its ``on_kill``; once assigned, the trigger is cancelled and ``on_kill`` runs (give it a moment to have
-        started: the triggerer starts assigned triggers within about a second).
+        Marking a task failed before the triggerer has started its trigger can drop the trigger without its
+        ``on_kill`` ever running (seen here); once it runs, mark-failed cancels it and ``on_kill`` is awaited. The
+        triggerer starts an assigned trigger within about a second.
         """
         deadline = time.monotonic() + timeout
         self.wait_for_task_state(dag_id, run_id, task_id, {"deferred"}, map_index=map_index, timeout=timeout)
@@ -700,14 +711,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Airflow on 127.0.0.1 and wait")
     up.add_argument("--dags", type=Path, default=Path("dags"), help="DAGs folder (default: dags)")
-    up.add_argument("--home", type=Path, default=Path(".airflow-dev"), help="AIRFLOW_HOME (default: .airflow-dev)")
+    up.add_argument("--home", type=Path, default=Path(".demo/airflow"), help="AIRFLOW_HOME (default: .demo/airflow)")
     up.add_argument("--plugins", type=Path, default=None, help="plugins folder (default: <home>/plugins)")
     up.add_argument("--env-file", type=Path, default=None, help="KEY=VALUE lines added to the components' env")
     up.add_argument("--parallelism", type=int, default=3)
+    up.add_argument("--port", type=int, default=None, help="api-server port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = _read_env_file(args.env_file) if args.env_file else {}
-    stack = AirflowStack(args.home, args.dags, env, plugins_folder=args.plugins, parallelism=args.parallelism)
+    stack = AirflowStack(
+        args.home, args.dags, env, plugins_folder=args.plugins, parallelism=args.parallelism, port=args.port
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with stack:
         log.info("Airflow UI/API: %s  user %s, password in %s", stack.url, USERNAME, stack.passwords_file)
@@ -715,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             while all(p.alive() for p in stack.processes.values()):
                 time.sleep(1)
+            dead = [p for p in stack.processes.values() if not p.alive()]
+            log.error("Airflow %s exited; stopping the rest (log %s)", dead[0].name, dead[0].log_path)
     return 0
 
 

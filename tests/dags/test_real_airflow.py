@@ -185,6 +185,12 @@ def test_probe_run_through_rest(api: AirflowClient) -> None:
     assert "square 3 -> 9" in api.task_log("probe", run_id, "square", map_index=2)
     assert "total 14" in api.task_log("probe", run_id, "total")
 
+    api.clear_tasks("probe", run_id, [("square", 1), "total"])
+    assert api.wait_for_run("probe", run_id, timeout=60, poll=0.5) == "success"
+    again = api.task_instance("probe", run_id, "square", map_index=1)
+    assert again["state"] == "success" and again["try_number"] == 2
+    assert "square 2 -> 4" in api.task_log("probe", run_id, "square", try_number=2, map_index=1)
+
 
 def test_bad_conf_is_refused_with_400(api: AirflowClient) -> None:
     api.wait_for_dag("probe")
@@ -221,6 +227,9 @@ def _wait_for_file(path: Path, timeout: float) -> None:
 
 def test_upload_dag_end_to_end_against_seaweedfs(api: AirflowClient, samples: Path, s3_server: S3Endpoint) -> None:
     api.wait_for_dag(UPLOAD_DAG, timeout=60)
+    api.ensure_pool("hortacloud_lsf", 2)
+    api.ensure_pool("hortacloud_lsf", 4)  # exists: updated
+    assert api.request("GET", "/api/v2/pools/hortacloud_lsf")["slots"] == 4
     api.unpause(UPLOAD_DAG)
     run_id = api.trigger(UPLOAD_DAG, {"sample": SAMPLE, "products": ["images"]})
 
