@@ -446,7 +446,8 @@ class AirflowClient:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
-            return error.code, error.read()
+            with error:  # else its socket lingers in CLOSE-WAIT
+                return error.code, error.read()
 
     def token(self) -> str:
         """A fresh access token for the admin user."""
