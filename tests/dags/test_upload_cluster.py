@@ -113,3 +113,21 @@ def test_dry_run_submits_nothing(airflow_db, cluster_site, lsf):  # type: ignore
     run = _run({"sample": SAMPLE, "products": ["segmentation"], "dry_run": True})
     assert str(run.state) == "success"
     assert lsf.calls() == []  # not even a lookup: nothing reaches LSF
+
+
+def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf, s3_client, monkeypatch):  # type: ignore[no-untyped-def]
+    import hortacloud.lsf
+
+    plain = hortacloud.lsf.transfer_job_kwargs
+    monkeypatch.setattr(
+        hortacloud.lsf, "transfer_job_kwargs", lambda *args, **kwargs: {**plain(*args, **kwargs), "deferrable": True}
+    )
+    # Scripted job (a failure would be retried after the DAG's retry_delay of minutes): the point is the path
+    # execute -> defer -> LsfJobTrigger run by Airflow -> execute_complete.
+    lsf.knobs(FAKE_LSF_PLAN="PEND:0.5,RUN:0.5,DONE")
+    run = _run({"sample": SAMPLE, "products": ["segmentation"]})
+    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "segmentation.transfer"]
+    assert str(ti.state) == "success"
+    assert ti.xcom_pull(task_ids="segmentation.transfer", map_indexes=0)["stat"] == "DONE"
+    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.calls("bjobs")) >= 2  # the lookup by name, then the trigger's polls
