@@ -652,10 +652,7 @@ class LsfHook(BaseHook):
             self.log.debug("No connection %r: running LSF commands locally", self.lsf_conn_id)
             return None
 
-    @cached_property
-    def _settings(self) -> tuple[str, str]:
-        """(``local`` or ``ssh``, profile), resolved once from the connection."""
-        conn = self._connection()
+    def _settings_from(self, conn: Any | None) -> tuple[str, str]:
         profile = self.profile
         if conn is not None:
             extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
@@ -663,6 +660,25 @@ class LsfHook(BaseHook):
             if (conn.conn_type or "").lower() == "ssh":
                 return "ssh", profile
         return "local", profile
+
+    @cached_property
+    def _settings(self) -> tuple[str, str]:
+        """(``local`` or ``ssh``, profile), resolved once from the connection."""
+        return self._settings_from(self._connection())
+
+    async def aprepare(self) -> None:
+        """Resolve the connection with the async API, so the triggerer's event loop never waits on it."""
+        if "_settings" in self.__dict__:
+            return
+        conn = None
+        if self.lsf_conn_id:
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            try:
+                conn = await self.aget_connection(self.lsf_conn_id)
+            except AirflowNotFoundException:
+                conn = None
+        self.__dict__["_settings"] = self._settings_from(conn)
 
     @property
     def mode(self) -> str:

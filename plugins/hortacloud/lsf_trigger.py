@@ -98,12 +98,6 @@ class LsfJobTrigger(BaseTrigger):
             bhist_files=self.bhist_files,
         )
 
-    async def _resolve(self, hook: LsfHook) -> None:
-        # Connection lookup is synchronous (secrets backends, API calls): keep it off the event loop.
-        from asgiref.sync import sync_to_async
-
-        await sync_to_async(lambda: hook.mode)()
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch = JobWatch(
             job_id=self.job_id,
@@ -115,7 +109,7 @@ class LsfJobTrigger(BaseTrigger):
         )
         try:
             hook = self._hook()
-            await self._resolve(hook)
+            await hook.aprepare()
             self.log.info("Following LSF job %s (%s) every %gs", self.job_id, self.job_name, self.poll_interval)
             while True:
                 outcome: dict[str, Any] | str | None
@@ -142,6 +136,6 @@ class LsfJobTrigger(BaseTrigger):
             self.log.info("Task killed; LSF job %s left running (cancel_on_kill is off)", self.job_id)
             return
         hook = self._hook(retries=2)
-        await self._resolve(hook)
+        await hook.aprepare()
         outcome = await hook.akill(self.job_id)
         self.log.info("Task killed: bkill %s -> %s", self.job_id, outcome)

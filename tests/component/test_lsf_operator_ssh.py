@@ -107,11 +107,13 @@ def test_trigger_over_ssh_and_its_on_kill(lsf: LsfCluster, login_node: LoginNode
     with pytest.raises(TaskDeferred) as info:
         make_op(lsf_conn_id="lsf_login", deferrable=True).execute(context_for())
     trigger = info.value.trigger
+    before = len(login_node.commands)
 
     async def follow() -> list[Any]:
         return [event.payload async for event in trigger.run()]
 
     events = asyncio.run(asyncio.wait_for(follow(), 20))
     assert [event["status"] for event in events] == ["success"]
+    assert any("bjobs" in command for command in login_node.commands[before:])  # polled over SSH, not locally
     asyncio.run(trigger.on_kill())  # finished: "already finished" is fine
     assert lsf.calls("bkill") == [["bkill", trigger.job_id]]
