@@ -324,7 +324,8 @@ def test_reused_job_id_is_not_attached(lsf: LsfCluster) -> None:
 
 
 def test_on_kill_in_blocking_mode_bkills_the_job(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN")
+    # bjobs keeps showing RUN for a while after bkill, as real LSF does: still no second bkill, no false end.
+    lsf.knobs(FAKE_LSF_PLAN="RUN", FAKE_LSF_KILL_DELAY=0.6)
     op = make_op()
     errors: list[BaseException] = []
 
