@@ -1,7 +1,8 @@
-"""LsfJobOperator deferred in a real Airflow 3.3 (scheduler, triggerer, worker, API on 127.0.0.1), LSF emulated.
+"""LsfJobOperator in a real Airflow 3.3 (scheduler, triggerer, worker, API on 127.0.0.1), LSF emulated.
 
-Proves what only a real triggerer can: the trigger is imported from the installed package by its class path, the
-task log shows the job's states, and marking the deferred task failed runs the trigger's ``on_kill`` -> bkill.
+Proves what only a real Airflow can: the triggerer imports the trigger from the installed package by its class
+path, the task log shows the job's states, and marking the task failed kills the job, both while deferred (the
+trigger's ``on_kill``) and while running in a worker (the operator's ``on_kill``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from airflow.sdk import dag
 from hortacloud.lsf_operator import LsfJobOperator
 
 
-@dag(dag_id="probe_lsf", schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"))
-def probe_lsf():
-    LsfJobOperator(
+def transfer(deferrable):
+    return LsfJobOperator(
         task_id="transfer",
         command="true",
         job_name="seg0510-1",
@@ -41,12 +41,23 @@ def probe_lsf():
         poll_interval=0.5,
         not_found_grace=5,
         command_timeout=20,
-        deferrable=True,
+        deferrable=deferrable,
         retries=0,
     )
 
 
+@dag(dag_id="probe_lsf", schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"))
+def probe_lsf():
+    transfer(True)
+
+
+@dag(dag_id="probe_lsf_blocking", schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"))
+def probe_lsf_blocking():
+    transfer(False)
+
+
 probe_lsf()
+probe_lsf_blocking()
 """
 
 
@@ -96,8 +107,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, lsf_state: Path) -> Iterator[A
     client = stack.start()
     pids = stack.pids()
     try:
-        client.wait_for_dag("probe_lsf")
-        client.unpause("probe_lsf")
+        for dag_id in ("probe_lsf", "probe_lsf_blocking"):
+            client.wait_for_dag(dag_id)
+            client.unpause(dag_id)
         yield client
     finally:
         stack.stop()
@@ -133,3 +145,13 @@ def test_mark_failed_while_deferred_bkills_the_job(api: AirflowClient, lsf_state
     assert api.wait_for_run("probe_lsf", run_id, timeout=60, poll=0.5) == "failed"
     job_id = str(_job(lsf_state)["id"])
     _wait(lambda: _calls(lsf_state, "bkill") == [["bkill", job_id]], 30, "bkill from the trigger's on_kill")
+
+
+def test_mark_failed_while_running_in_a_worker_bkills_the_job(api: AirflowClient, lsf_state: Path) -> None:
+    _fresh(lsf_state, FAKE_LSF_PLAN="RUN")
+    run_id = api.trigger("probe_lsf_blocking")
+    _wait(lambda: len(_calls(lsf_state, "bjobs")) >= 3, 90, "the worker's polls")
+    api.mark_task_failed("probe_lsf_blocking", run_id, "transfer")
+    assert api.wait_for_run("probe_lsf_blocking", run_id, timeout=60, poll=0.5) == "failed"
+    job_id = str(_job(lsf_state)["id"])
+    _wait(lambda: _calls(lsf_state, "bkill") == [["bkill", job_id]], 30, "bkill from the operator's on_kill")
