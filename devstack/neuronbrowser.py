@@ -35,7 +35,7 @@ from typing import Any
 from graphql import GraphQLSchema, build_schema, execute_sync, parse, validate
 from graphql.error import GraphQLError
 
-from devstack.procs import LOOPBACK, ManagedProcess, free_port, http_answers
+from devstack.procs import LOOPBACK, ManagedProcess, ServerHandle, free_port, http_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "include" / "schema" / "neuronbrowser-sample-api.graphql"
@@ -195,7 +195,7 @@ def serve(port: int, fixture: Path, schema_path: Path = SCHEMA_PATH) -> None:
     server.serve_forever()
 
 
-class NeuronBrowserServer:
+class NeuronBrowserServer(ServerHandle):
     """The server as a managed child process: ``start()``, ``set(mode=...)``, ``state()``, ``stop()``."""
 
     def __init__(self, workdir: Path, fixture: Path) -> None:
@@ -253,20 +253,8 @@ class NeuronBrowserServer:
     def state(self) -> dict[str, Any]:
         return self._control(None)
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def stop(self) -> None:
-        if self._process:
-            self._process.stop()
-            self._process = None
-
     def __enter__(self) -> NeuronBrowserServer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

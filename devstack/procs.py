@@ -118,6 +118,24 @@ class ManagedProcess:
         self._log.close()
 
 
+class ServerHandle:
+    """What every local server handle shares: its PID, ``stop()`` by PID, and stopping on ``with`` exit."""
+
+    _process: ManagedProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self) -> None:
+        if self._process:
+            self._process.stop()
+            self._process = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def http_answers(url: str, timeout: float = 1.0) -> bool:
     """True once anything answers HTTP at ``url`` (any status)."""
     try:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.procs import LOOPBACK, ManagedProcess, free_port_pair, http_answers
+from devstack.procs import LOOPBACK, ManagedProcess, ServerHandle, free_port_pair, http_answers
 
 
 def weed_binary() -> str:
@@ -66,7 +66,7 @@ class S3Endpoint:
         )
 
 
-class SeaweedS3:
+class SeaweedS3(ServerHandle):
     """Start with ``start()``, stop with ``stop()``; also a context manager."""
 
     def __init__(self, workdir: Path, buckets: tuple[str, ...] = ()) -> None:
@@ -129,17 +129,5 @@ class SeaweedS3:
             return False
         return True
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def stop(self) -> None:
-        if self._process:
-            self._process.stop()
-            self._process = None
-
     def __enter__(self) -> S3Endpoint:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

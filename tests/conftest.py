@@ -23,9 +23,11 @@ os.environ.pop("HORTACLOUD_CONFIG", None)
 
 import pytest  # noqa: E402
 
+from devstack.neuronbrowser import NeuronBrowserServer  # noqa: E402
 from devstack.s3server import S3Endpoint, SeaweedS3  # noqa: E402
 
 BUCKET = "janelia-mouselight-imagery"
+NB_FIXTURE = ROOT / "tests" / "fixtures" / "neuronbrowser.json"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -39,6 +41,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     endpoint = server.start()
     try:
         yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronBrowserServer]:
+    """One local NeuronBrowser sample-api for the session; each user resets its fault switches first."""
+    server = NeuronBrowserServer(tmp_path_factory.mktemp("neuronbrowser"), NB_FIXTURE).start()
+    try:
+        yield server
     finally:
         server.stop()
 

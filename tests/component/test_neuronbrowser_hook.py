@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from hortacloud.neuronbrowser import NeuronBrowserError, NeuronBrowserHook
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "neuronbrowser.json"
 TOKEN = "nb-test-token-8f1c"  # a made-up bearer token: it must reach the server and never the log
-
-
-@pytest.fixture(scope="module")
-def nb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronBrowserServer]:
-    server = NeuronBrowserServer(tmp_path_factory.mktemp("neuronbrowser"), FIXTURE).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

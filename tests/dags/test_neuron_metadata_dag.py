@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.neuronbrowser import NeuronBrowserServer
 from tests.fixtures.mouselight_bucket import EXPECTED_WRITES, seed, snapshot
 
 pytestmark = pytest.mark.airflow
@@ -16,15 +14,6 @@ pytestmark = pytest.mark.airflow
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "neuronbrowser.json"
 DAG_ID = "hortacloud_neuron_metadata"
-
-
-@pytest.fixture(scope="module")
-def nb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronBrowserServer]:
-    server = NeuronBrowserServer(tmp_path_factory.mktemp("neuronbrowser"), FIXTURE).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
