@@ -111,6 +111,9 @@ class LsfJobTrigger(BaseTrigger):
             hook = self._hook()
             await hook.aprepare()
             self.log.info("Following LSF job %s (%s) every %gs", self.job_id, self.job_name, self.poll_interval)
+            # A first wait: the job was just submitted, and an event fired within seconds of deferring can race
+            # the executor's report of the deferring workload (Airflow 3.3 then marks the resumed task failed).
+            await asyncio.sleep(min(self.poll_interval, 10.0))
             while True:
                 outcome: dict[str, Any] | str | None
                 try:

@@ -189,9 +189,9 @@ def test_suspended_unknown_and_requeued_keep_waiting(lsf: LsfCluster, capsys: py
 @pytest.mark.parametrize(
     ("fmt", "plan", "bhist_knows", "outcome"),
     [
-        ("json", "RUN:0.1,DONE", 1, "DONE"),
-        ("text", "RUN:0.1,EXIT:3", 1, r"exit code 3: .*\[bhist\]"),
-        ("json", "RUN:0.1,DONE", 0, "history is lost"),
+        ("json", "DONE", 1, "DONE"),
+        ("text", "EXIT:3", 1, r"exit code 3: .*\[bhist\]"),
+        ("json", "DONE", 0, "history is lost"),
     ],
     ids=["done", "exit", "lost"],
 )
