@@ -2,8 +2,9 @@
 
 Everything runs on 127.0.0.1 and stops at the end: SeaweedFS as the bucket, the LSF emulator as the cluster
 (its jobs really run the transfers, with this project's sync CLI standing in for ``aws s3 sync``), and Airflow's
-api-server, scheduler, dag-processor and triggerer. The upload DAG is triggered over the REST API for all five
-products, exactly as a user would from the UI; the demo then prints the task states and what landed.
+api-server, scheduler, dag-processor and triggerer (the LSF tasks defer, so the triggerer follows the jobs). The
+upload DAG is triggered over the REST API for all five products, exactly as a user would from the UI; the demo
+then prints the task states and what landed.
 
 Leaves its work folder (``.demo/``: sample tree, logs, task logs) for a look afterwards; ``--keep-running`` keeps
 the stack up so the UI can be opened at the printed address.
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             # The LSF jobs inherit the submitter's environment (bsub -env all), so their sync reaches the same
             # server with the same keys; nothing secret appears on a command line.
             **endpoint.client_env(),
+            # Follow the LSF jobs in the triggerer, as production does, so no worker slot waits on the cluster.
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         }
         stack = AirflowStack(work / "airflow", ROOT / "dags", env, plugins_folder=ROOT / "plugins")
         started = time.monotonic()
