@@ -4,16 +4,84 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Hashable
 from typing import Any, Literal
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from hortacloud.lsf import NEED_HISTORY, JobWatch, LsfError, LsfHook
+from hortacloud.lsf import NEED_HISTORY, BjobsResult, JobWatch, LsfError, LsfHook
+
+
+class BjobsBatch:
+    """One ``bjobs`` call for every LSF trigger of this triggerer that polls through the same connection.
+
+    LSF admins count calls, not jobs: a sample's dozen transfers polled one by one cost a dozen bjobs calls a
+    minute. Triggers wake on the same wall-clock ticks (multiples of their poll interval); the first request of a
+    tick opens a short window, and every job id asked for within it goes into one ``bjobs`` call whose answer, or
+    failure, all of them share (Nextflow's LSF executor polls the same way). A caller that is cancelled while it
+    waits leaves the call to the others.
+
+    :param hook: a prepared ``LsfHook``; the batch calls ``astatuses`` on it.
+    :param window: seconds the first request of a tick waits for the others.
+    """
+
+    def __init__(self, hook: LsfHook, window: float) -> None:
+        self.hook = hook
+        self.window = window
+        self.calls = 0
+        self._waiting: dict[str, list[asyncio.Future[BjobsResult]]] = {}
+        self._flush: asyncio.Task[None] | None = None
+
+    async def status(self, job_id: str) -> BjobsResult:
+        """The answer of the next bjobs call, which will include ``job_id``."""
+        future: asyncio.Future[BjobsResult] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job_id, []).append(future)
+        if self._flush is None:
+            self._flush = asyncio.create_task(self._call_after_window())
+        return await future
+
+    async def _call_after_window(self) -> None:
+        await asyncio.sleep(self.window)
+        waiting, self._waiting, self._flush = self._waiting, {}, None
+        futures = [future for group in waiting.values() for future in group if not future.done()]
+        if not futures:
+            return
+        self.calls += 1
+        try:
+            result = await self.hook.astatuses(sorted(waiting, key=int))
+        except Exception as err:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(err)
+        else:
+            for future in futures:
+                if not future.done():
+                    future.set_result(result)
+
+
+# One set of batches per event loop (the triggerer runs one; tests run many in turn).
+_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, BjobsBatch]] = weakref.WeakKeyDictionary()
+
+
+def bjobs_batch(key: Hashable, hook: LsfHook, window: float) -> BjobsBatch:
+    """The batch of this event loop for ``key`` (connection, profile, format, timeout, interval), made on first use."""
+    batches = _BATCHES.setdefault(asyncio.get_running_loop(), {})
+    if key not in batches:
+        batches[key] = BjobsBatch(hook, window)
+    return batches[key]
+
+
+def until_next_tick(interval: float, now: float) -> float:
+    """Seconds to the next wall-clock multiple of ``interval``, so triggers with one interval poll together."""
+    return interval - now % interval
 
 
 class LsfJobTrigger(BaseTrigger):
     """Poll an LSF job (``bjobs -a -json -o ...``) and fire exactly one event when it ends.
+
+    The polls of every trigger in one triggerer that share a connection are batched into one bjobs call per tick
+    (``BjobsBatch``).
 
     The event payload is ``{"status": "success"|"failed"|"error", "job_id", "job_name", "stat", "exit_code",
     "exit_reason", "message"}``. Transient failures are retried with backoff; after ``max_poll_failures`` in a row
@@ -110,6 +178,11 @@ class LsfJobTrigger(BaseTrigger):
         try:
             hook = self._hook()
             await hook.aprepare()
+            batch = bjobs_batch(
+                (self.lsf_conn_id, self.profile, self.output_format, self.command_timeout, self.poll_interval),
+                hook,
+                window=min(0.5, self.poll_interval / 4),
+            )
             self.log.info("Following LSF job %s (%s) every %gs", self.job_id, self.job_name, self.poll_interval)
             # A first wait: the job was just submitted, and an event fired within seconds of deferring can race
             # the executor's report of the deferring workload (Airflow 3.3 then marks the resumed task failed).
@@ -117,7 +190,7 @@ class LsfJobTrigger(BaseTrigger):
             while True:
                 outcome: dict[str, Any] | str | None
                 try:
-                    outcome = watch.observe(await hook.astatuses([self.job_id]), time.time())
+                    outcome = watch.observe(await batch.status(self.job_id), time.time())
                     if outcome == NEED_HISTORY:
                         outcome = watch.observe_history(await hook.ahistory(self.job_id))
                 except LsfError as err:
@@ -125,7 +198,10 @@ class LsfJobTrigger(BaseTrigger):
                 if isinstance(outcome, dict):
                     yield TriggerEvent(outcome)
                     return
-                await asyncio.sleep(watch.backoff(self.poll_interval))
+                if watch.failures:
+                    await asyncio.sleep(watch.backoff(self.poll_interval))
+                else:
+                    await asyncio.sleep(until_next_tick(self.poll_interval, time.time()))
         except asyncio.CancelledError:
             # Triggerer shutdown, reassignment or timeout: the job keeps running and is not killed here.
             raise

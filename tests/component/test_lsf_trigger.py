@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from hortacloud.lsf_trigger import LsfJobTrigger
+from hortacloud.lsf_trigger import LsfJobTrigger, until_next_tick
 from tests.component.conftest_lsf import *  # noqa: F403
 from tests.component.conftest_lsf import LsfCluster, context_for
 from tests.component.test_lsf_operator import make_op
@@ -151,3 +151,29 @@ def test_on_kill_respects_cancel_on_kill(lsf: LsfCluster) -> None:
     trigger = submit(lsf, "RUN", cancel_on_kill=False)
     asyncio.run(trigger.on_kill())
     assert lsf.calls("bkill") == []
+
+
+def test_triggers_of_one_triggerer_share_each_bjobs_call(lsf: LsfCluster) -> None:
+    triggers = [submit(lsf, "RUN:2.5,DONE", source=f"/data/seg/{n}", poll_interval=0.4) for n in range(4)]
+    ours = {trigger.job_id for trigger in triggers}
+    before = len(lsf.calls("bjobs"))
+
+    async def follow_all() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(*(collect(trigger) for trigger in triggers))
+
+    results = asyncio.run(follow_all())
+    assert [[event["status"] for event in events] for events in results] == [["success"]] * 4
+    assert sorted(events[0]["job_id"] for events in results) == sorted(ours)
+    polls = lsf.calls("bjobs")[before:]
+    asked = [{arg for arg in argv if arg in ours} for argv in polls]
+    assert all(asked), polls
+    # Each trigger polled several times (RUN lasts several intervals), yet one call served all four at most ticks:
+    # one by one, that would have been one call per id asked.
+    assert asked.count(ours) >= 3, polls
+    assert sum(map(len, asked)) >= 3 * len(polls), polls
+
+
+def test_until_next_tick_aligns_to_the_wall_clock() -> None:
+    assert until_next_tick(60.0, 1_699_999_990.0) == pytest.approx(50.0)
+    assert until_next_tick(60.0, 1_700_000_020.0) == pytest.approx(20.0)
+    assert 0 < until_next_tick(0.4, time.time()) <= 0.4
