@@ -106,9 +106,16 @@ def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client
 
 @pytest.mark.parametrize(
     ("fault", "message"),
-    # Each NeuronBrowser failure mode is covered against the hook (tests/component); here the two paths to a failed run.
-    [({"mode": "http500"}, "HTTP 500"), ({"mode": "empty"}, "no injections")],
-    ids=["http500", "empty"],
+    # Every failure the hook knows (tests/component has their details), each through a whole run: nothing written.
+    [
+        ({"mode": "http500"}, "HTTP 500"),
+        ({"mode": "slow", "delay": 3}, "no answer within the read timeout of 2"),
+        ({"mode": "errors"}, "the service reported errors"),
+        ({"mode": "null_data"}, "the answer has no data"),
+        ({"mode": "garbage"}, "the answer is not JSON"),
+        ({"mode": "empty"}, "no injections"),
+    ],
+    ids=["http500", "timeout", "errors", "null_data", "garbage", "empty"],
 )
 def test_neuronbrowser_failure_fails_the_run_and_writes_nothing(
     site, s3_client, nb_server, fault, message, capfd
