@@ -19,6 +19,7 @@ import re
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -600,6 +601,20 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _hang_up(client: Any, timed_out: threading.Event) -> None:
+    """Close an SSH client whose command ran out of time (the exec loop then ends; the command gets SIGPIPE)."""
+    timed_out.set()
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _link_error(exc: BaseException) -> str:
+    """paramiko's words for a failed link, completed: "Unable to connect" hides the reason, EOFError has none."""
+    text = str(exc).removeprefix("[Errno None] ") or f"{type(exc).__name__} (the connection was closed)"
+    reasons = sorted({getattr(err, "strerror", None) or str(err) for err in getattr(exc, "errors", {}).values()})
+    return f"{text}: {', '.join(reasons)}" if reasons else text
+
+
 class LsfHook(BaseHook):
     """Run LSF commands locally or over SSH, each with its own timeout, and read their answers.
 
@@ -693,7 +708,15 @@ class LsfHook(BaseHook):
             raise LsfError(
                 f"Connection {self.lsf_conn_id!r} is of type ssh but apache-airflow-providers-ssh is not installed"
             ) from err
-        return SSHHook(ssh_conn_id=self.lsf_conn_id, cmd_timeout=self.command_timeout)
+        # One connection attempt: this hook retries with its own backoff (and looks a job up before resubmitting);
+        # SSHHook's default 3 attempts would hide 3-5 s sleeps inside each of those retries.
+        return SSHHook(ssh_conn_id=self.lsf_conn_id, cmd_timeout=self.command_timeout, conn_retry_attempts=1)
+
+    @cached_property
+    def _ssh_lock(self) -> threading.RLock:
+        # SSHHook hands every caller its one cached client, which each command closes after use: a poll and on_kill
+        # in two threads would cut each other's link. Re-entrant for on_kill run by a signal handler mid-command.
+        return threading.RLock()
 
     def _local_argv(self, argv: Sequence[str]) -> list[str]:
         profile = self._settings[1]
@@ -732,15 +755,28 @@ class LsfHook(BaseHook):
         return CommandResult(proc.returncode, stdout, stderr)
 
     def _run_ssh(self, argv: Sequence[str]) -> CommandResult:
+        timed_out = threading.Event()
         try:
-            with self.ssh_hook.get_conn() as client:
-                rc, raw_out, raw_err = self.ssh_hook.exec_ssh_client_command(
-                    client, self._ssh_command(argv), get_pty=False, environment=None, timeout=self.command_timeout
-                )
+            with self._ssh_lock, self.ssh_hook.get_conn() as client:
+                # SSHHook's timeout counts idle time only, and a hung LSF command prints "still trying" every
+                # second: the link is closed at the deadline instead.
+                timer = threading.Timer(self.command_timeout, _hang_up, (client, timed_out))
+                timer.daemon = True
+                timer.start()
+                try:
+                    rc, raw_out, raw_err = self.ssh_hook.exec_ssh_client_command(
+                        client, self._ssh_command(argv), get_pty=False, environment=None, timeout=self.command_timeout
+                    )
+                finally:
+                    timer.cancel()
         except LsfError:
             raise
         except Exception as exc:  # paramiko, socket and SSHHook errors alike: the link failed, not LSF
-            raise LsfTransientError(f"{argv[0]} over SSH ({self.lsf_conn_id}) failed: {exc}") from exc
+            if timed_out.is_set():
+                raise LsfTransientError(f"{argv[0]} did not answer within {self.command_timeout:g}s over SSH") from exc
+            raise LsfTransientError(f"{argv[0]} over SSH ({self.lsf_conn_id}) failed: {_link_error(exc)}") from exc
+        if timed_out.is_set():
+            raise LsfTransientError(f"{argv[0]} did not answer within {self.command_timeout:g}s over SSH")
         stdout, stderr = raw_out.decode(errors="replace"), raw_err.decode(errors="replace")
         if rc in (-1, 255) and not stdout.strip() and "Job <" not in stderr and not _PERMANENT_SIGNS.search(stderr):
             # 255 is also ssh's own failure code; only words LSF wrote tell an LSF answer apart from a dropped link.
