@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 
 from hortacloud.assets import TRACINGS_UPDATED
@@ -41,7 +40,8 @@ LOCATION_TITLES = {
         timetable=CronTriggerTimetable(CONFIG.neuronbrowser.schedule, timezone=CONFIG.timezone),
         assets=TRACINGS_UPDATED,
     ),
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    # No start_date: with one and catchup=False, the cron timetable runs its latest past tick (last night) the moment
+    # the DAG is unpaused; without, the first scheduled run is the next nightly one.
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

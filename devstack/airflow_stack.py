@@ -557,6 +557,49 @@ class AirflowClient:
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
 
+    def dag_runs(self, dag_id: str, *, run_type: str | None = None, states: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The DAG's runs, oldest first (paged through); ``run_type`` keeps one kind (``manual``, ``scheduled``,
+        ``asset_triggered``, ``backfill``), ``states`` only runs in those states."""
+        params: dict[str, Any] = {"limit": 100, "order_by": "id", "state": list(states)}
+        if run_type:
+            params["run_type"] = run_type
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns", params=params | {"offset": len(found)})
+            found.extend(page["dag_runs"])
+            if not page["dag_runs"] or len(found) >= page["total_entries"]:
+                return found
+
+    def queued_asset_events(self, dag_id: str) -> list[dict[str, Any]]:
+        """Asset events that will start a run of ``dag_id`` but have not yet (``asset_id``, ``created_at``)."""
+        return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/assets/queuedEvents")["queued_events"]
+
+    def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The asset events an asset-triggered run consumed (``name``, ``source_dag_id``, ``source_task_id``,
+        ``source_map_index``, ``timestamp``)."""
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/upstreamAssetEvents"
+        return self.request("GET", path)["asset_events"]
+
+    def wait_until_idle(self, dag_id: str, timeout: float = 120.0, poll: float = 1.0) -> list[dict[str, Any]]:
+        """Wait until ``dag_id`` has no queued asset event and no queued or running run; returns all its runs.
+
+        Once an upstream run has finished, its asset events are queued (or have already started runs), so this
+        returns when every run those events start has finished. The scheduler creates the run and drops the queued
+        event in one transaction: there is no moment with neither.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            queued = self.queued_asset_events(dag_id)
+            active = self.dag_runs(dag_id, states=("queued", "running"))
+            if not queued and not active:
+                return self.dag_runs(dag_id)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{dag_id} still busy after {timeout:.0f}s: {len(queued)} queued asset events, "
+                    f"runs {[(run['dag_run_id'], run['state']) for run in active]}"
+                )
+            time.sleep(poll)
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120.0, poll: float = 1.0) -> str:
         """Wait until the run is ``success`` or ``failed`` and return that state; TimeoutError with the task
         states if it is still going after ``timeout`` s."""
@@ -665,6 +708,11 @@ class AirflowClient:
             "reset_dag_runs": True,
         }
         return self.request("POST", f"/api/v2/dags/{_q(dag_id)}/clearTaskInstances", body)["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        """A task's XCom value as JSON (a task's return value by default); AirflowApiError 404 when there is none."""
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/xcomEntries/{_q(key)}"
+        return self.request("GET", path, params={"map_index": map_index})["value"]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
         """The task's log for one try as text, one line per record (``<time> <level> <event> key=value...``)."""

@@ -1,10 +1,16 @@
 """``make demo``: publish a generated sample through a real Airflow into a local S3 server, then show the bucket.
 
 Everything runs on 127.0.0.1 and stops at the end: SeaweedFS as the bucket, the LSF emulator as the cluster
-(its jobs really run the transfers, with this project's sync CLI standing in for ``aws s3 sync``), and Airflow's
-api-server, scheduler, dag-processor and triggerer (the LSF tasks defer, so the triggerer follows the jobs). The
-upload DAG is triggered over the REST API for all five products, exactly as a user would from the UI; the demo
-then prints the task states and what landed.
+(its jobs really run the transfers, with this project's sync CLI standing in for ``aws s3 sync``), the local
+NeuronBrowser sample-api (``devstack/neuronbrowser.py`` serving ``devstack/demo_neuronbrowser.json``: sample date
+2023-05-10 in America/New_York, neurons AA9001-AA9003 tagged G-001..G-003 like the generated tracings), and
+Airflow's api-server, scheduler, dag-processor and triggerer (the LSF tasks defer, so the triggerer follows the
+jobs). The upload DAG is triggered over the REST API for all five products, exactly as a user would from the UI;
+the demo prints the task states. Its tracings transfers emit the ``hortacloud_tracings`` asset, so the neuron
+metadata DAG (unpaused beforehand) runs by itself: the demo waits for those asset-triggered runs and prints their
+state and report (files written, unchanged), checks that the nightly cron started no run, then shows what landed,
+including the head of ``images/2023-05-10/neurons.json``. Exit status 0 only when the upload run and every
+asset-triggered metadata run succeeded.
 
 Leaves its work folder (``.demo/``: sample tree, logs, task logs) for a look afterwards; ``--keep-running`` keeps
 the stack up so the UI can be opened at the printed address.
@@ -19,9 +25,11 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from devstack.airflow_stack import AirflowStack
+from devstack.airflow_stack import AirflowApiError, AirflowClient, AirflowStack
 from devstack.lsf import Emulator
+from devstack.neuronbrowser import NeuronBrowserServer
 from devstack.s3server import SeaweedS3
 from devstack.sampletree import make_sample, write_random
 
@@ -29,6 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "2023-05-10"
 BUCKET = "janelia-mouselight-imagery"
 PRODUCTS = ["images", "registration", "segmentation", "tracings", "carveouts"]
+UPLOAD_DAG = "hortacloud_upload_sample"
+METADATA_DAG = "hortacloud_neuron_metadata"
+# NeuronBrowser's answer for the generated sample: its date (epoch ms of 21:30 New York time, already 2023-05-11 in
+# UTC) and the neuron ids of the G-001..G-003 folders make_site writes under tracing_complete.
+NB_FIXTURE = ROOT / "devstack" / "demo_neuronbrowser.json"
 
 
 def make_site(site: Path) -> dict[str, Path]:
@@ -93,7 +106,7 @@ def show_bucket(client) -> None:  # type: ignore[no-untyped-def]
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
         for item in page.get("Contents", []):
             parts = item["Key"].split("/")
-            group = "/".join(parts[:3] if parts[0] == "tracings" else parts[:2])
+            group = "/".join(parts[:3] if parts[0] in ("tracings", "neurons") else parts[:2])
             groups[group].append((item["Key"], item["Size"]))
     print(f"\nWhat landed in s3://{BUCKET}:")
     for group in sorted(groups):
@@ -106,11 +119,56 @@ def show_bucket(client) -> None:  # type: ignore[no-untyped-def]
             print(f"      ... and {len(objects) - 3} more")
 
 
+def show_object_head(client, key: str, lines: int = 14) -> None:  # type: ignore[no-untyped-def]
+    """The first ``lines`` lines of one object, or that it is missing."""
+    try:
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    except client.exceptions.NoSuchKey:
+        print(f"\ns3://{BUCKET}/{key} was not written")
+        return
+    text = body.splitlines()
+    print(f"\ns3://{BUCKET}/{key} ({len(body):,} bytes), first {min(lines, len(text))} of {len(text)} lines:")
+    for line in text[:lines]:
+        print(f"  {line}")
+
+
+def show_metadata_runs(client: AirflowClient, runs: list[dict[str, Any]]) -> bool:
+    """Each asset-triggered metadata run: what started it, its state and report. True when all succeeded."""
+    triggered = [run for run in runs if run["run_type"] == "asset_triggered"]
+    print(f"6. {METADATA_DAG}: {len(triggered)} run(s) started by the hortacloud_tracings asset")
+    for run in triggered:
+        run_id = run["dag_run_id"]
+        events = client.upstream_asset_events(METADATA_DAG, run_id)
+        sources = ", ".join(f"{e['source_task_id']}[{e['source_map_index']}]" for e in events) or "none"
+        print(f"   {run_id}: {run['state']} (events from {UPLOAD_DAG} {sources})")
+        try:
+            report = client.xcom(METADATA_DAG, run_id, "report")
+        except AirflowApiError:
+            print("     no report (see the task logs)")
+            continue
+        for key in report["written"]:
+            print(f"     written: {key}")
+        dates = ", ".join(f"{location} {count}" for location, count in report["dates_in_s3"].items())
+        print(
+            f"     files written {len(report['written'])}, unchanged {report['unchanged']}, refused "
+            f"{len(report['refused'])}; soma location from a fallback: {report['soma_fallbacks'] or 'none'}"
+        )
+        print(f"     tracing dates in S3: {dates}; images not loadable yet: {report['not_loadable'] or 'none'}")
+    others = [f"{run['dag_run_id']} ({run['run_type']})" for run in runs if run["run_type"] != "asset_triggered"]
+    dag = client.dag(METADATA_DAG) or {}
+    print(
+        f"   Other runs: {', '.join(others) or 'none (the nightly cron did not fire)'}; "
+        f"schedule {dag.get('timetable_description')!r}, next nightly run at {dag.get('next_dagrun_run_after')}"
+    )
+    return bool(triggered) and all(run["state"] == "success" for run in triggered)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     parser.add_argument("--keep-running", action="store_true", help="leave the stack up until Ctrl-C")
     args = parser.parse_args(argv)
+    began = time.monotonic()
     work: Path = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -122,14 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     (work / "lsf-output").mkdir()
 
     s3 = SeaweedS3(work / "seaweedfs", buckets=(BUCKET,))
+    nb = NeuronBrowserServer(work / "neuronbrowser", NB_FIXTURE)
     stack: AirflowStack | None = None
     lsf = Emulator(work / "lsf-state")
     try:
         endpoint = s3.start()
         print(f"2. SeaweedFS S3 server (pid {s3.pid}) at {endpoint.url}, bucket {BUCKET}", flush=True)
+        nb.start()
+        print(f"   NeuronBrowser sample-api (pid {nb.pid}) at {nb.url}, answering from {NB_FIXTURE.name}", flush=True)
         env = lsf.env(base={})
         env |= {
             "AIRFLOW_CONN_HORTACLOUD_S3": endpoint.connection_json(),
+            "AIRFLOW_CONN_HORTACLOUD_NEURONBROWSER": nb.connection_json(),
             "HORTACLOUD_CONFIG": str(config),
             # The LSF jobs inherit the submitter's environment (bsub -env all), so their sync reaches the same
             # server with the same keys; nothing secret appears on a command line.
@@ -145,31 +207,39 @@ def main(argv: list[str] | None = None) -> int:
             f"{stack.passwords_file})",
             flush=True,
         )
-        client.wait_for_dag("hortacloud_upload_sample", timeout=120)
+        client.wait_for_dag(UPLOAD_DAG, timeout=120)
+        client.wait_for_dag(METADATA_DAG, timeout=120)
         client.ensure_pool("hortacloud_lsf", 4, "LSF submissions of hortacloud")
-        client.unpause("hortacloud_upload_sample")
+        # Unpaused first, so the tracings asset events of the upload start metadata runs.
+        client.unpause(METADATA_DAG)
+        client.unpause(UPLOAD_DAG)
         conf = {"sample": SAMPLE, "products": PRODUCTS}
-        run_id = client.trigger("hortacloud_upload_sample", conf)
-        print(f"4. Triggered hortacloud_upload_sample with {json.dumps(conf)}: run {run_id}", flush=True)
-        state = client.wait_for_run("hortacloud_upload_sample", run_id, timeout=600)
+        run_id = client.trigger(UPLOAD_DAG, conf)
+        print(f"4. Triggered {UPLOAD_DAG} with {json.dumps(conf)}: run {run_id}", flush=True)
+        state = client.wait_for_run(UPLOAD_DAG, run_id, timeout=600)
         print(f"5. Run finished: {state}")
-        for ti in client.task_instances("hortacloud_upload_sample", run_id):
+        for ti in client.task_instances(UPLOAD_DAG, run_id):
             index = f"[{ti.get('rendered_map_index') or ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""
             print(f"     {ti['task_id'] + index:<45} {ti['state']}")
         jobs = lsf.jobs()
-        print(f"   LSF jobs: {', '.join(f'{job.id} {job.name}' for job in jobs) or 'none'}")
-        show_bucket(endpoint.boto3_client())
+        print(f"   LSF jobs: {', '.join(f'{job.id} {job.name}' for job in jobs) or 'none'}", flush=True)
+        metadata_ok = show_metadata_runs(client, client.wait_until_idle(METADATA_DAG, timeout=300))
+        s3_client = endpoint.boto3_client()
+        show_bucket(s3_client)
+        show_object_head(s3_client, f"images/{SAMPLE}/neurons.json")
         print(f"\nLogs: {stack.logs_folder}; sample tree: {work / 'site'}")
+        print(f"Demo done in {time.monotonic() - began:.0f} s", flush=True)
         if args.keep_running:
             print(f"Airflow UI: {stack.url} — Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(3600)
-        return 0 if state == "success" else 1
+        return 0 if state == "success" and metadata_ok else 1
     except KeyboardInterrupt:
         return 130
     finally:
         if stack is not None:
             stack.stop()
+        nb.stop()
         s3.stop()
         lsf.cleanup()
 

@@ -64,6 +64,8 @@ def test_dag_shape_schedule_and_params() -> None:
     assert "name='hortacloud_tracings'" in schedule
     assert "expression='0 2 * * *', timezone='America/New_York'" in schedule
     assert dag.max_active_runs == 1 and dag.catchup is False
+    # With a start_date, unpausing would run last night's tick at once (tests/dags/test_real_airflow.py checks none).
+    assert dag.start_date is None
     assert dag.params.get_param("locations").value == ["Finished_Neurons", "tracing_complete"]
     assert dag.params.get_param("dry_run").value is False
     assert set(dag.task_ids) == {"fetch_mapping", "scan", "build_and_write", "report"}

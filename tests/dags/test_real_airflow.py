@@ -2,12 +2,18 @@
 
 One stack for the module (about 20-35 s to start on this 2-core machine). It serves two DAG bundles: the project's
 ``dags/`` and a probe bundle written here (a plain run with a mapped task, and a deferred task to mark failed).
-Everything goes through the REST API, as an operator or the demo would.
+Its tasks reach SeaweedFS, the LSF emulator (the tracings transfers; they defer, as in production) and a local
+NeuronBrowser answering from the demo's fixture (``devstack/demo_neuronbrowser.json``), so the tracings upload
+starts the neuron metadata DAG through its asset. Everything goes through the REST API, as an operator or the
+demo would.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from devstack.airflow_stack import AirflowApiError, AirflowClient, AirflowStack
+from devstack.lsf import Emulator
+from devstack.neuronbrowser import NeuronBrowserServer
 from devstack.s3server import S3Endpoint
 from devstack.sampletree import make_sample
 
@@ -22,8 +30,12 @@ pytestmark = pytest.mark.airflow
 
 ROOT = Path(__file__).resolve().parents[2]
 UPLOAD_DAG = "hortacloud_upload_sample"
+METADATA_DAG = "hortacloud_neuron_metadata"
 E2E_BUCKET = "hortacloud-e2e-airflow"
 SAMPLE = "2023-05-10"
+# Maps 2023-05-10 (21:30 in New York, already the 11th in UTC) G-001..G-003 to AA9001..AA9003.
+NB_FIXTURE = ROOT / "devstack" / "demo_neuronbrowser.json"
+NEURON_IDS = ["AA9001", "AA9002", "AA9003"]
 
 PROBE_DAG = '''
 """Probe DAG for tests/dags/test_real_airflow.py."""
@@ -121,7 +133,50 @@ def samples(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(workdir: Path, samples: Path, s3_server: S3Endpoint) -> Iterator[AirflowStack]:
+def cluster(workdir: Path) -> Path:
+    """The cluster roots; only tracing_complete holds the sample: one tracings transfer, so one asset event.
+
+    G-003 has no soma.txt: its somaLocation falls back to the neuron's brain area in NeuronBrowser.
+    """
+    root = workdir / "cluster"
+    for number in (1, 2, 3):
+        folder = root / "tracing_complete" / SAMPLE / f"G-{number:03}"
+        folder.mkdir(parents=True)
+        for name in ("consensus.swc", "dendrite.swc"):
+            (folder / name).write_text(f"# G-{number:03} {name}\n1 1 0 0 0 1 -1\n")
+        if number < 3:
+            (folder / "soma.txt").write_text("Primary motor area, Layer 5\r\n")
+    (root / "lsf-output").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def neuronbrowser(workdir: Path) -> Iterator[NeuronBrowserServer]:
+    server = NeuronBrowserServer(workdir / "neuronbrowser", NB_FIXTURE).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lsf(workdir: Path) -> Iterator[Emulator]:
+    emulator = Emulator(workdir / "lsf-state")
+    try:
+        yield emulator
+    finally:
+        emulator.cleanup()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    workdir: Path,
+    samples: Path,
+    cluster: Path,
+    s3_server: S3Endpoint,
+    neuronbrowser: NeuronBrowserServer,
+    lsf: Emulator,
+) -> Iterator[AirflowStack]:
     probe_dags = workdir / "probe_dags"
     probe_lib = workdir / "probe_lib"
     probe_dags.mkdir()
@@ -129,10 +184,35 @@ def stack(workdir: Path, samples: Path, s3_server: S3Endpoint) -> Iterator[Airfl
     (probe_lib / "probe_support.py").write_text(PROBE_SUPPORT)
     (probe_dags / "probe_dags.py").write_text(f"MARKER = {str(workdir / 'on_kill.marker')!r}\n" + PROBE_DAG)
     site = workdir / "hortacloud-e2e.toml"
-    site.write_text(f'[s3]\nbucket = "{E2E_BUCKET}"\n\n[images]\nbases = ["{samples}"]\n\n[sync]\nworkers = 8\n')
+    sync_cli = f"{sys.executable} -m hortacloud.s3sync"
+    site.write_text(
+        f"""[s3]
+bucket = "{E2E_BUCKET}"
+[images]
+bases = ["{samples}"]
+[sync]
+workers = 8
+[cluster]
+registration = "{cluster / "registration"}"
+segmentation = "{cluster / "segmentation"}"
+finished_neurons = "{cluster / "Finished_Neurons"}"
+tracing_complete = "{cluster / "tracing_complete"}"
+carveouts = ["{cluster / "carveouts"}"]
+[lsf]
+transfer_command = "{sync_cli} {{source}}/ {{destination}}/"
+aws_profile = ""
+output_dir = "{cluster / "lsf-output"}"
+poll_interval_seconds = 0.5
+"""
+    )
     s3_server.boto3_client().create_bucket(Bucket=E2E_BUCKET)
     env = {
+        **lsf.env(base={}),
+        # The LSF jobs inherit the submitter's environment (bsub -env all): their sync reaches the same server.
+        **s3_server.client_env(),
         "AIRFLOW_CONN_HORTACLOUD_S3": s3_server.connection_json(),
+        "AIRFLOW_CONN_HORTACLOUD_NEURONBROWSER": neuronbrowser.connection_json(),
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         "HORTACLOUD_CONFIG": str(site),
         "PYTHONPATH": str(probe_lib),
     }
@@ -252,6 +332,59 @@ def test_upload_dag_end_to_end_against_seaweedfs(api: AirflowClient, samples: Pa
     }
     assert found == expected
     assert f"images/{SAMPLE}/ktx/" in api.task_log(UPLOAD_DAG, run_id, "plan")
+
+
+def test_tracings_upload_starts_the_neuron_metadata_dag_through_its_asset(
+    api: AirflowClient, samples: Path, s3_server: S3Endpoint
+) -> None:
+    api.wait_for_dag(UPLOAD_DAG, timeout=60)
+    api.wait_for_dag(METADATA_DAG, timeout=60)
+    client = s3_server.boto3_client()
+    # The sample's images went up long before its tracings, as in production; neurons.json is written only then.
+    for name in ("transform.txt", "ktx/block_8_xy_.ktx"):
+        client.upload_file(str(samples / SAMPLE / name), E2E_BUCKET, f"images/{SAMPLE}/{name}")
+    api.ensure_pool("hortacloud_lsf", 4)
+    api.unpause(METADATA_DAG)
+    api.unpause(UPLOAD_DAG)
+    upload = api.trigger(UPLOAD_DAG, {"sample": SAMPLE, "products": ["tracings"]})
+    upload_state = api.wait_for_run(UPLOAD_DAG, upload, timeout=120, poll=0.5)
+    assert upload_state == "success", {ti["task_id"]: ti["state"] for ti in api.task_instances(UPLOAD_DAG, upload)}
+
+    runs = api.wait_until_idle(METADATA_DAG, timeout=120, poll=0.5)
+
+    # Only the asset started a run: unpausing did not fire the nightly cron for last night.
+    assert [run["run_type"] for run in runs] == ["asset_triggered"], runs
+    run_id = runs[0]["dag_run_id"]
+    tasks = {ti["task_id"]: ti["state"] for ti in api.task_instances(METADATA_DAG, run_id)}
+    assert runs[0]["state"] == "success", tasks
+    events = api.upstream_asset_events(METADATA_DAG, run_id)
+    assert [(e["name"], e["source_dag_id"], e["source_run_id"], e["source_task_id"]) for e in events] == [
+        ("hortacloud_tracings", UPLOAD_DAG, upload, "tracings.transfer")
+    ]
+    dag = api.dag(METADATA_DAG)
+    assert dag is not None and dt.datetime.fromisoformat(dag["next_dagrun_run_after"]) > dt.datetime.now(dt.UTC)
+    report = api.xcom(METADATA_DAG, run_id, "report")
+    neurons_json, metadata_json = f"images/{SAMPLE}/neurons.json", f"neurons/tracing_complete/{SAMPLE}/metadata.json"
+    assert sorted(report["written"]) == [neurons_json, metadata_json]
+    assert report["soma_fallbacks"] == {"AA9003": "neuron brain area"}
+    documents = {
+        key: json.loads(client.get_object(Bucket=E2E_BUCKET, Key=key)["Body"].read()) for key in report["written"]
+    }
+    for document in documents.values():
+        assert document["title"] == f"{SAMPLE} MouseLight published neurons"
+        assert sorted(document["neurons"]) == NEURON_IDS
+    assert documents[neurons_json]["neurons"]["AA9001"] == {
+        "originalName": "G-001",
+        "somaLocation": "Primary motor area, Layer 5",
+        "injectionLocation": "Primary motor area",
+        "consensus": f"../../tracings/tracing_complete/{SAMPLE}/G-001/consensus.swc",
+        "dendrite": f"../../tracings/tracing_complete/{SAMPLE}/G-001/dendrite.swc",
+    }
+
+    again = api.trigger(METADATA_DAG)
+    assert api.wait_for_run(METADATA_DAG, again, timeout=120, poll=0.5) == "success"
+    second = api.xcom(METADATA_DAG, again, "report")
+    assert second["written"] == [] and second["unchanged"] == 2
 
 
 def test_upload_dag_refuses_bad_sample_with_400(api: AirflowClient) -> None:
