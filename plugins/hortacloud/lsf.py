@@ -841,7 +841,15 @@ class LsfHook(BaseHook):
 
     # -- LSF operations
 
+    @staticmethod
+    def _found(command: str, result: CommandResult) -> None:
+        """A missing LSF command (profile not sourced, not an LSF client) cannot come right by retrying."""
+        if result.returncode == 127 or "command not found" in result.stderr:
+            words = _lsf_words(result.stdout, result.stderr) or f"{command} exited {result.returncode}"
+            raise LsfRejected(f"{words} (is [lsf] profile, or the connection's extra 'profile', right?)")
+
     def _read_bjobs(self, result: CommandResult) -> BjobsResult:
+        self._found("bjobs", result)
         # A non-zero exit with good output still carries valid data (ert): parse first, judge the exit code never.
         if self.output_format == "json":
             return parse_bjobs_json(result.stdout, result.stderr)
@@ -866,6 +874,7 @@ class LsfHook(BaseHook):
         return self._retrying(f"bjobs -J {job_name}", call)
 
     def _read_history(self, result: CommandResult) -> JobStatus | None:
+        self._found("bhist", result)
         status = parse_bhist_long(result.stdout)
         if status is None and result.returncode not in (0, 255):
             raise LsfTransientError(f"bhist exited {result.returncode}: {_lsf_words(result.stdout, result.stderr)}")

@@ -227,6 +227,8 @@ class LsfJobOperator(BaseOperator):
         if self.reattach:
             try:
                 job = self._earlier_job(context, name)
+            except LsfRejected as err:
+                raise AirflowFailException(f"Could not check LSF for an earlier job {name}: {err}") from err
             except LsfError as err:
                 raise AirflowException(
                     f"Could not check LSF for an earlier job {name} ({err}); not submitting"

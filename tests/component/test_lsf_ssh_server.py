@@ -280,11 +280,6 @@ def test_the_host_key_is_checked(lsf: LsfCluster, login: Login, monkeypatch: pyt
     assert Path(login.server.key_file).stat().st_mode & 0o077 == 0  # the client key is its owner's only
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reattach lookup reads 'bjobs: command not found' as transient: the hook retries it, and the "
-    "operator raises a retryable AirflowException instead of AirflowFailException",
-)
 def test_without_the_profile_a_reattaching_operator_fails_at_once(
     lsf: LsfCluster, login: Login, monkeypatch: pytest.MonkeyPatch
 ) -> None:
