@@ -9,6 +9,9 @@ transfers it:
 * **registration, segmentation, tracings, carveouts**: one LSF job per source folder running `aws s3 sync` on
   the cluster, followed to its end.
 
+When every tracings transfer succeeded, `tracings.announce` emits the `hortacloud_tracings` asset, which starts
+the neuron metadata rebuild (`hortacloud_neuron_metadata`).
+
 Re-running a failed run uploads only what is missing. `dry_run` logs what would be uploaded and writes nothing.
 Site paths, bucket and connections come from `include/hortacloud.toml` (README, Configuration).
 """
@@ -20,7 +23,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import Param, TaskGroup, dag, task
 
-from hortacloud.assets import TRACINGS_UPDATED
+from hortacloud.assets import PRODUCT_ASSETS
 from hortacloud.config import load_config
 from hortacloud.lsf_operator import LsfJobOperator
 from hortacloud.products import PRODUCT_NAMES, PRODUCTS
@@ -109,18 +112,27 @@ def hortacloud_upload_sample() -> None:
 
         return cluster_jobs_step(transfers, context["params"])
 
+    @task(retries=0)
+    def announce(**context) -> None:  # type: ignore[no-untyped-def]
+        """Every transfer of the group succeeded: emit its asset (once per run; a dry run uploaded nothing)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if context["params"]["dry_run"]:
+            raise AirflowSkipException("Dry run: nothing was uploaded, so nothing is announced")
+
     planned = plan()
     for product in PRODUCTS:
         with TaskGroup(group_id=product.name, tooltip=product.description):
             if product.mechanism == "s3sync":
-                upload(planned[product.name])
+                done = upload(planned[product.name])
             else:
-                LsfJobOperator.partial(
+                done = LsfJobOperator.partial(
                     task_id="transfer",
                     pool=CONFIG.lsf.pool,
                     map_index_template="{{ task.job_name }}",
-                    outlets=[TRACINGS_UPDATED] if product.name == "tracings" else [],
                 ).expand_kwargs(jobs(planned[product.name]))
+            if product.name in PRODUCT_ASSETS:
+                done >> announce.override(outlets=[PRODUCT_ASSETS[product.name]])()
 
 
 hortacloud_upload_sample()

@@ -6,3 +6,6 @@ from airflow.sdk import Asset
 
 # Emitted when the tracings of a sample have been (re)uploaded; schedules a neuron metadata rebuild.
 TRACINGS_UPDATED = Asset(name="hortacloud_tracings", uri="hortacloud://janelia-mouselight-imagery/tracings/")
+
+# The asset a product's group announces once all its transfers succeeded: one event per upload, not per folder.
+PRODUCT_ASSETS: dict[str, Asset] = {"tracings": TRACINGS_UPDATED}

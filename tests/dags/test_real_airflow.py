@@ -359,7 +359,7 @@ def test_tracings_upload_starts_the_neuron_metadata_dag_through_its_asset(
     assert runs[0]["state"] == "success", tasks
     events = api.upstream_asset_events(METADATA_DAG, run_id)
     assert [(e["name"], e["source_dag_id"], e["source_run_id"], e["source_task_id"]) for e in events] == [
-        ("hortacloud_tracings", UPLOAD_DAG, upload, "tracings.transfer")
+        ("hortacloud_tracings", UPLOAD_DAG, upload, "tracings.announce")
     ]
     dag = api.dag(METADATA_DAG)
     assert dag is not None and dt.datetime.fromisoformat(dag["next_dagrun_run_after"]) > dt.datetime.now(dt.UTC)

@@ -81,6 +81,11 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
     assert states[("registration.transfer", 0)] == "success"
     assert states[("segmentation.transfer", 0)] == "success"
     assert states[("tracings.transfer", 0)] == "success"
+    # One asset event for the whole tracings group, after its transfers: the metadata rebuild runs once per upload.
+    assert states[("tracings.announce", -1)] == "success"
+    (announce,) = [task for task in run.dag.tasks if task.task_id == "tracings.announce"]
+    assert [asset.name for asset in announce.outlets] == ["hortacloud_tracings"]
+    assert not any(task.outlets for task in run.dag.tasks if task.task_id != "tracings.announce")
     assert {state for (task, _), state in states.items() if task.startswith(("carveouts.", "images."))} == {"skipped"}
     shown = {ti.task_id: ti.rendered_map_index for ti in run.get_task_instances() if ti.map_index >= 0}
     assert shown == {
@@ -110,9 +115,11 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
 
 
 def test_dry_run_submits_nothing(airflow_db, cluster_site, lsf):  # type: ignore[no-untyped-def]
-    run = _run({"sample": SAMPLE, "products": ["segmentation"], "dry_run": True})
+    run = _run({"sample": SAMPLE, "products": ["segmentation", "tracings"], "dry_run": True})
     assert str(run.state) == "success"
     assert lsf.calls() == []  # not even a lookup: nothing reaches LSF
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["tracings.announce"] == "skipped"  # nothing uploaded, so no metadata rebuild is started
 
 
 def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf, s3_client, monkeypatch):  # type: ignore[no-untyped-def]
