@@ -70,7 +70,9 @@ def make_site(site: Path) -> dict[str, Path]:
         for name in ("consensus.swc", "dendrite.swc", "base.swc"):
             write_random(roots["tracing_complete"] / SAMPLE / tag / name, rng.randint(3000, 9000), rng)
         (roots["tracing_complete"] / SAMPLE / tag / "soma.txt").write_text("Primary motor area, Layer 5\r\n")
+        # Finished_Neurons, the internal version: tracings at the date level, a folder per neuron beside them.
         write_random(roots["finished_neurons"] / SAMPLE / f"{SAMPLE}_{tag}_ab.swc", 5000, rng)
+        write_random(roots["finished_neurons"] / SAMPLE / tag / "somaLoc.png", 2000, rng)
     write_random(roots["carveouts_v2"] / SAMPLE / "fluorescence-near-consensus.n5" / "attributes.json", 300, rng)
     return roots
 

@@ -83,7 +83,7 @@ class NeuronBrowserConfig(_Section):
     read_timeout_seconds: float = Field(default=120, gt=0)
     retries: int = Field(default=3, ge=0, le=10)
     backoff_seconds: float = Field(default=2, ge=0)
-    neurons_json_requires: tuple[str, ...] = ("transform.txt", "ktx/block_8_xy_.ktx")
+    neurons_json_requires: tuple[str, ...] = ("transform.txt", "ktx/block_8_xy_.ktx", "default.0.tif")
 
 
 class SiteConfig(_Section):

@@ -165,7 +165,7 @@ def scan_bucket(
     locations: Sequence[str],
     *,
     prefix: str = "G-",
-    images_requires: Sequence[str] = ("transform.txt", "ktx/block_8_xy_.ktx"),
+    images_requires: Sequence[str] = ("transform.txt", "ktx/block_8_xy_.ktx", "default.0.tif"),
 ) -> BucketScan:
     """Scan the tracing locations; for tracing_complete dates also check ``images/<date>/`` for HortaCloud."""
     scan = BucketScan()

@@ -143,6 +143,10 @@ def test_neurons_json_waits_for_the_images(s3_client, bucket) -> None:
     run(s3_client, bucket)
     s3_client.put_object(Bucket=bucket, Key="images/2017-01-15/ktx/block_8_xy_.ktx", Body=b"ktx")
     report = run(s3_client, bucket)
+    assert report.written == []  # default.0.tif is still missing: JACS could not import the SWCs
+    assert report.not_loadable == ["2017-01-15", "2018-08-01"]
+    s3_client.put_object(Bucket=bucket, Key="images/2017-01-15/default.0.tif", Body=b"II*\x00")
+    report = run(s3_client, bucket)
     assert report.written == ["images/2017-01-15/neurons.json"]
     assert report.not_loadable == ["2018-08-01"]
 

@@ -341,7 +341,7 @@ def test_tracings_upload_starts_the_neuron_metadata_dag_through_its_asset(
     api.wait_for_dag(METADATA_DAG, timeout=60)
     client = s3_server.boto3_client()
     # The sample's images went up long before its tracings, as in production; neurons.json is written only then.
-    for name in ("transform.txt", "ktx/block_8_xy_.ktx"):
+    for name in ("transform.txt", "ktx/block_8_xy_.ktx", "default.0.tif"):
         client.upload_file(str(samples / SAMPLE / name), E2E_BUCKET, f"images/{SAMPLE}/{name}")
     api.ensure_pool("hortacloud_lsf", 4)
     api.unpause(METADATA_DAG)

@@ -15,7 +15,7 @@ def test_neuronbrowser_defaults() -> None:
     assert nb.neuron_prefix == "G-"
     assert nb.min_share == 0.9
     assert nb.read_timeout_seconds >= 60  # the sample-api is slow
-    assert nb.neurons_json_requires == ("transform.txt", "ktx/block_8_xy_.ktx")
+    assert nb.neurons_json_requires == ("transform.txt", "ktx/block_8_xy_.ktx", "default.0.tif")
 
 
 @pytest.mark.parametrize(
