@@ -47,17 +47,40 @@ class Measurement:
         return self.size / 1e6 / self.seconds
 
 
+def _high_water_kib(pid: int) -> int | None:
+    """VmHWM of a live process: the peak RSS of the program it runs now (None once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
+
+
 def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one command; fails loudly if the command does."""
+    """Wall seconds and peak RSS (MiB) of one command; fails loudly if the command does.
+
+    Peak RSS is the program's own VmHWM, sampled every 20 ms until it exits. Not ``wait4``'s ru_maxrss: Linux
+    carries the pre-exec high-water mark over exec, so every child of this (larger) process would report at least
+    this process's RSS at spawn time, whatever it used itself.
+    """
     started = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    peak_kib = 0
+    while True:
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kib = max(peak_kib, _high_water_kib(process.pid) or 0)
+        time.sleep(0.02)
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited {process.returncode}:\n{stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak_kib / 1024
 
 
 def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, callable]:  # type: ignore[valid-type]
@@ -155,6 +178,8 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
         print_table(rows)
 
         print("\nMemory: our peak RSS against tree size (4 KiB files)", flush=True)
+        _, baseline = run_measured([sys.executable, "-m", "hortacloud.s3sync", "--help"], env)
+        print(f"  interpreter and imports alone (--help): peak RSS {baseline:.1f} MiB", flush=True)
         rss = {}
         for count in (int(5000 * scale), int(50000 * scale)):
             tree = make_flat_tree(workdir / "trees" / f"mem{count}", count, lambda rng: 4 * KIB, seed=3)
