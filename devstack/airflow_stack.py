@@ -129,6 +129,7 @@ class AirflowStack:
         self.port: int | None = None
         self.client: AirflowClient | None = None
         self.processes: dict[str, ManagedProcess] = {}
+        self._argv: dict[str, list[str]] = {}
         self.startup_seconds: float | None = None
         self.timings: dict[str, float] = {}
 
@@ -212,7 +213,7 @@ class AirflowStack:
         airflow = airflow_binary()
         self._migrate(airflow, env, timeout)
         self.timings["migrated"] = time.monotonic() - started
-        argv = {
+        self._argv = {
             "api-server": [airflow, "api-server", "-H", LOOPBACK, "-p", str(self.port)],
             "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
             "dag-processor": [airflow, "dag-processor"],
@@ -220,9 +221,7 @@ class AirflowStack:
         }
         try:
             for name in COMPONENTS:
-                self.processes[name] = ManagedProcess(
-                    name, argv[name], log_path=self.logs_folder / f"{name}.log", env=env, cwd=self.home
-                )
+                self._launch(name, env)
             client = AirflowClient(self.url, USERNAME, password)
             deadline = time.monotonic() + timeout
             # The execution API builds its versioned routes on its first request (5-15 s here); a task's supervisor
@@ -242,6 +241,23 @@ class AirflowStack:
             "Airflow at %s ready after %.1fs %s (home %s)", self.url, self.startup_seconds, self.timings, self.home
         )
         return client
+
+    def _launch(self, name: str, env: dict[str, str]) -> None:
+        self.processes[name] = ManagedProcess(
+            name, self._argv[name], log_path=self.logs_folder / f"{name}.log", env=env, cwd=self.home
+        )
+
+    def restart(self, name: str, grace: float = 10.0) -> None:
+        """Stop one component as a deployment would (SIGTERM, then SIGKILL after ``grace`` s) and start it again."""
+        process = self.processes[name]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while process.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.stop(grace=1.0)
+        log.info("Airflow %s stopped; starting it again", name)
+        self._launch(name, self.environment())
 
     def _warm(self, client: AirflowClient, warmed: threading.Event, deadline: float) -> None:
         started = time.monotonic()

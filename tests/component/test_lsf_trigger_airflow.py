@@ -1,8 +1,9 @@
 """LsfJobOperator in a real Airflow 3.3 (scheduler, triggerer, worker, API on 127.0.0.1), LSF emulated.
 
 Proves what only a real Airflow can: the triggerer imports the trigger from the installed package by its class
-path, the task log shows the job's states, and marking the task failed kills the job, both while deferred (the
-trigger's ``on_kill``) and while running in a worker (the operator's ``on_kill``).
+path, the task log shows the job's states, marking the task failed kills the job, both while deferred (the
+trigger's ``on_kill``) and while running in a worker (the operator's ``on_kill``), and a triggerer restart neither
+kills nor loses a job: the new triggerer takes the trigger over and follows the same job to its end.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def lsf_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, lsf_state: Path) -> Iterator[AirflowClient]:
+def stack(tmp_path_factory: pytest.TempPathFactory, lsf_state: Path) -> Iterator[AirflowStack]:
     if not (EMULATOR_BIN / "bsub").exists():
         pytest.skip("LSF emulator not found")
     work = tmp_path_factory.mktemp("lsf-airflow")
@@ -110,10 +111,17 @@ def api(tmp_path_factory: pytest.TempPathFactory, lsf_state: Path) -> Iterator[A
         for dag_id in ("probe_lsf", "probe_lsf_blocking"):
             client.wait_for_dag(dag_id)
             client.unpause(dag_id)
-        yield client
+        yield stack
     finally:
+        pids |= stack.pids()  # a restarted component has a new pid
         stack.stop()
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+@pytest.fixture(scope="module")
+def api(stack: AirflowStack) -> AirflowClient:
+    assert stack.client is not None
+    return stack.client
 
 
 def _fresh(state: Path, **knobs: object) -> None:
@@ -158,3 +166,32 @@ def test_mark_failed_while_running_in_a_worker_bkills_the_job(api: AirflowClient
     assert api.wait_for_run("probe_lsf_blocking", run_id, timeout=60, poll=0.5) == "failed"
     job_id = str(_job(lsf_state)["id"])
     _wait(lambda: _calls(lsf_state, "bkill") == [["bkill", job_id]], 30, "bkill from the operator's on_kill")
+
+
+def test_triggerer_restart_neither_kills_nor_loses_the_job(stack: AirflowStack, lsf_state: Path) -> None:
+    api = stack.client
+    assert api is not None
+    _fresh(lsf_state, FAKE_LSF_PLAN="RUN:45,DONE")
+    run_id = api.trigger("probe_lsf")
+    api.wait_for_deferred("probe_lsf", run_id, "transfer", timeout=90)
+    _wait(lambda: len(_calls(lsf_state, "bjobs")) >= 2, 60, "the trigger's first poll")
+    old = api.task_instance("probe_lsf", run_id, "transfer")["trigger"]["triggerer_id"]
+    # A deployment restarts the triggerer (SIGTERM): its triggers are cancelled, never killed, and a new triggerer
+    # takes them over and follows the same job to its end.
+    old_pid = stack.processes["triggerer"].pid
+    stack.restart("triggerer")
+    assert stack.processes["triggerer"].pid != old_pid
+    polls_before = len(_calls(lsf_state, "bjobs"))
+
+    def taken_over() -> bool:
+        ti = api.task_instance("probe_lsf", run_id, "transfer")
+        return ti["state"] == "deferred" and (ti.get("trigger") or {}).get("triggerer_id") not in (None, old)
+
+    _wait(taken_over, 90, "the new triggerer taking the trigger over while the job still runs")
+    assert api.wait_for_run("probe_lsf", run_id, timeout=150, poll=1.0) == "success"
+    ti = api.task_instance("probe_lsf", run_id, "transfer")
+    assert _calls(lsf_state, "bkill") == []
+    assert len(_calls(lsf_state, "bsub")) == 1
+    assert len(_calls(lsf_state, "bjobs")) > polls_before  # the new triggerer polled the same job
+    assert _job(lsf_state)["kill_time"] is None
+    assert ti["state"] == "success"
