@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from devstack.airflow_stack import AirflowApiError, AirflowClient, AirflowStack
+from devstack.localsite import cluster_roots, emulated_lsf, image_bases, site_toml
 from devstack.lsf import Emulator
 from devstack.neuronbrowser import NeuronBrowserServer
 from devstack.s3server import SeaweedS3
@@ -44,22 +44,13 @@ METADATA_DAG = "hortacloud_neuron_metadata"
 NB_FIXTURE = ROOT / "devstack" / "demo_neuronbrowser.json"
 
 
-def make_site(site: Path) -> dict[str, Path]:
-    """A miniature Janelia: the image bases and the cluster roots, with one sample in each."""
+def make_site(site: Path) -> dict[str, Any]:
+    """A miniature Janelia: the image bases and the cluster roots, with one sample in each; returns the roots."""
     import random
 
     rng = random.Random(7)
-    roots = {
-        "nrs": site / "nrs" / "mouselight" / "SAMPLES",
-        "nearline": site / "nearline" / "mouselight" / "data" / "RENDER_archive",
-        "registration": site / "groups" / "registration" / "Database",
-        "segmentation": site / "groups" / "cluster" / "Reconstructions",
-        "finished_neurons": site / "groups" / "shared_tracing" / "Finished_Neurons",
-        "tracing_complete": site / "groups" / "tracing_complete",
-        "carveouts": site / "nrs" / "funke" / "mouselight",
-        "carveouts_v2": site / "nrs" / "funke" / "mouselight-v2",
-    }
-    make_sample(roots["nrs"] / SAMPLE, depth=3, block_size=lambda r: r.randint(8 * 1024, 64 * 1024))
+    roots = {"images": image_bases(site), **cluster_roots(site)}
+    make_sample(roots["images"][0] / SAMPLE, depth=3, block_size=lambda r: r.randint(8 * 1024, 64 * 1024))
     registration = roots["registration"] / SAMPLE
     for name in (f"{SAMPLE}.horta.yml", f"{SAMPLE}.nrrd", "HortaObj/Striatum_672.obj"):
         write_random(registration / name, rng.randint(2000, 20000), rng)
@@ -73,32 +64,22 @@ def make_site(site: Path) -> dict[str, Path]:
         # Finished_Neurons, the internal version: tracings at the date level, a folder per neuron beside them.
         write_random(roots["finished_neurons"] / SAMPLE / f"{SAMPLE}_{tag}_ab.swc", 5000, rng)
         write_random(roots["finished_neurons"] / SAMPLE / tag / "somaLoc.png", 2000, rng)
-    write_random(roots["carveouts_v2"] / SAMPLE / "fluorescence-near-consensus.n5" / "attributes.json", 300, rng)
+    carveouts_v2 = roots["carveouts"][1]
+    write_random(carveouts_v2 / SAMPLE / "fluorescence-near-consensus.n5" / "attributes.json", 300, rng)
     return roots
 
 
-def write_config(path: Path, roots: dict[str, Path], lsf_output: Path) -> None:
-    sync_cli = f"{sys.executable} -m hortacloud.s3sync --progress-interval 5"
+def write_config(path: Path, site: Path, lsf_output: Path) -> None:
     path.write_text(
-        f"""# hortacloud demo site: every path points into {path.parent}
-[images]
-bases = ["{roots["nrs"]}", "{roots["nearline"]}"]
-[sync]
-workers = 32
-progress_interval_seconds = 2
-[cluster]
-registration = "{roots["registration"]}"
-segmentation = "{roots["segmentation"]}"
-finished_neurons = "{roots["finished_neurons"]}"
-tracing_complete = "{roots["tracing_complete"]}"
-carveouts = ["{roots["carveouts"]}", "{roots["carveouts_v2"]}"]
-[lsf]
-output_dir = "{lsf_output}"
-# The emulated cluster has no aws-cli: the project's own sync CLI does the job's transfer.
-transfer_command = "{sync_cli} {{source}}/ {{destination}}/"
-aws_profile = ""
-poll_interval_seconds = 2
-"""
+        site_toml(
+            {
+                "images": {"bases": image_bases(site)},
+                "sync": {"workers": 32, "progress_interval_seconds": 2},
+                "cluster": cluster_roots(site),
+                "lsf": emulated_lsf(lsf_output, 2, "--progress-interval", "5"),
+            },
+            comment=f"hortacloud demo site: every path points into {site}",
+        )
     )
 
 
@@ -176,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
 
     print(f"1. Generating a sample tree for {SAMPLE} under {work / 'site'}", flush=True)
-    roots = make_site(work / "site")
+    make_site(work / "site")
     config = work / "hortacloud-demo.toml"
-    write_config(config, roots, work / "lsf-output")
+    write_config(config, work / "site", work / "lsf-output")
     (work / "lsf-output").mkdir()
 
     s3 = SeaweedS3(work / "seaweedfs", buckets=(BUCKET,))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from devstack.airflow_stack import AirflowApiError, AirflowClient, AirflowStack
+from devstack.localsite import cluster_roots, emulated_lsf, site_toml
 from devstack.lsf import Emulator
 from devstack.neuronbrowser import NeuronBrowserServer
 from devstack.s3server import S3Endpoint
@@ -140,7 +140,7 @@ def cluster(workdir: Path) -> Path:
     """
     root = workdir / "cluster"
     for number in (1, 2, 3):
-        folder = root / "tracing_complete" / SAMPLE / f"G-{number:03}"
+        folder = cluster_roots(root)["tracing_complete"] / SAMPLE / f"G-{number:03}"
         folder.mkdir(parents=True)
         for name in ("consensus.swc", "dendrite.swc"):
             (folder / name).write_text(f"# G-{number:03} {name}\n1 1 0 0 0 1 -1\n")
@@ -184,26 +184,16 @@ def stack(
     (probe_lib / "probe_support.py").write_text(PROBE_SUPPORT)
     (probe_dags / "probe_dags.py").write_text(f"MARKER = {str(workdir / 'on_kill.marker')!r}\n" + PROBE_DAG)
     site = workdir / "hortacloud-e2e.toml"
-    sync_cli = f"{sys.executable} -m hortacloud.s3sync"
     site.write_text(
-        f"""[s3]
-bucket = "{E2E_BUCKET}"
-[images]
-bases = ["{samples}"]
-[sync]
-workers = 8
-[cluster]
-registration = "{cluster / "registration"}"
-segmentation = "{cluster / "segmentation"}"
-finished_neurons = "{cluster / "Finished_Neurons"}"
-tracing_complete = "{cluster / "tracing_complete"}"
-carveouts = ["{cluster / "carveouts"}"]
-[lsf]
-transfer_command = "{sync_cli} {{source}}/ {{destination}}/"
-aws_profile = ""
-output_dir = "{cluster / "lsf-output"}"
-poll_interval_seconds = 0.5
-"""
+        site_toml(
+            {
+                "s3": {"bucket": E2E_BUCKET},
+                "images": {"bases": [samples]},
+                "sync": {"workers": 8},
+                "cluster": cluster_roots(cluster),
+                "lsf": emulated_lsf(cluster / "lsf-output", 0.5),
+            }
+        )
     )
     s3_server.boto3_client().create_bucket(Bucket=E2E_BUCKET)
     env = {

@@ -7,12 +7,11 @@ environment that bsub passes on (``-env all``), never through its command line.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from devstack.localsite import cluster_roots, emulated_lsf, site_toml
 from tests.component.conftest_lsf import *  # noqa: F403
 from tests.component.conftest_lsf import LsfCluster
 from tests.conftest import BUCKET
@@ -32,31 +31,18 @@ def _tree(root: Path, files: dict[str, str]) -> None:
 @pytest.fixture
 def cluster_site(tmp_path: Path, site_config, s3_server, lsf: LsfCluster, monkeypatch):  # type: ignore[no-untyped-def]
     """Registration, segmentation and tracings folders of one sample, and a config pointing the DAG at them."""
-    groups = tmp_path / "groups"
-    _tree(groups / "registration" / SAMPLE, {"transform.h5": "reg", "sub/points.csv": "1,2,3\n"})
-    _tree(groups / "reconstructions" / SAMPLE / "stitching-output", {"tile-0001.tif": "seg"})
-    _tree(groups / "finished" / SAMPLE, {"it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"})
-    (groups / "logs").mkdir()
-    template = f"{sys.executable} -m hortacloud.s3sync {{source}}/ {{destination}}/ --workers 4 --progress-interval 1"
-    site_config(
-        f"""
-[cluster]
-registration = "{groups / "registration"}"
-segmentation = "{groups / "reconstructions"}"
-finished_neurons = "{groups / "finished"}"
-tracing_complete = "{groups / "tracing_complete"}"
-carveouts = ["{groups / "funke1"}"]
-[lsf]
-transfer_command = {json.dumps(template)}
-aws_profile = ""
-output_dir = "{groups / "logs"}"
-poll_interval_seconds = 0.2
-"""
-    )
+    roots = cluster_roots(tmp_path)
+    _tree(roots["registration"] / SAMPLE, {"transform.h5": "reg", "sub/points.csv": "1,2,3\n"})
+    _tree(roots["segmentation"] / SAMPLE / "stitching-output", {"tile-0001.tif": "seg"})
+    _tree(roots["finished_neurons"] / SAMPLE, {"it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lsf_section = emulated_lsf(logs, 0.2, "--workers", "4", "--progress-interval", "1")
+    site_config(site_toml({"cluster": roots, "lsf": lsf_section}))
     monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_S3", s3_server.connection_json())
     for name, value in s3_server.client_env().items():
         monkeypatch.setenv(name, value)  # what the cluster user's environment would hold
-    return groups
+    return tmp_path
 
 
 def _run(conf: dict):  # type: ignore[no-untyped-def]

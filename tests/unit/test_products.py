@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.localsite import cluster_roots, image_bases, site_toml
 from devstack.sampletree import make_sample
 from hortacloud.config import load_config
 from hortacloud.products import PlanError, parse_request, plan_sample
@@ -56,19 +57,11 @@ def test_products_come_back_in_table_order() -> None:
 
 @pytest.fixture
 def site(tmp_path: Path, site_config):  # type: ignore[no-untyped-def]
-    roots = {name: tmp_path / name for name in ("nrs", "nearline", "reg", "seg", "fin", "tc", "funke", "funke2")}
-    site_config(
-        f"""
-[images]
-bases = ["{roots["nrs"]}", "{roots["nearline"]}"]
-[cluster]
-registration = "{roots["reg"]}"
-segmentation = "{roots["seg"]}"
-finished_neurons = "{roots["fin"]}"
-tracing_complete = "{roots["tc"]}"
-carveouts = ["{roots["funke"]}", "{roots["funke2"]}"]
-"""
-    )
+    bases, cluster = image_bases(tmp_path), cluster_roots(tmp_path)
+    site_config(site_toml({"images": {"bases": bases}, "cluster": cluster}))
+    short = {"reg": "registration", "seg": "segmentation", "fin": "finished_neurons", "tc": "tracing_complete"}
+    roots = {"nrs": bases[0], "nearline": bases[1], **{name: cluster[key] for name, key in short.items()}}
+    roots["funke"], roots["funke2"] = cluster["carveouts"]
     return roots
 
 
