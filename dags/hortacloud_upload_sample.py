@@ -7,7 +7,7 @@ transfers it:
 
 * **images**: `ktx/` and the four top-level files, synced by the worker itself (incremental, verified);
 * **registration, segmentation, tracings, carveouts**: one LSF job per source folder running `aws s3 sync` on
-  the cluster, followed to its end.
+  the cluster, followed to its end; then `verify` checks that every source file is in S3 with its size.
 
 When every tracings transfer succeeded, `tracings.announce` emits the `hortacloud_tracings` asset, which starts
 the neuron metadata rebuild (`hortacloud_neuron_metadata`).
@@ -112,6 +112,12 @@ def hortacloud_upload_sample() -> None:
 
         return cluster_jobs_step(transfers, context["params"])
 
+    @task
+    def verify(product: str, transfers: list[dict], **context):  # type: ignore[no-untyped-def]
+        from hortacloud.upload import verify_step
+
+        return verify_step(product, transfers, context["params"])
+
     @task(retries=0)
     def announce(**context) -> None:  # type: ignore[no-untyped-def]
         """Every transfer of the group succeeded: emit its asset (once per run; a dry run uploaded nothing)."""
@@ -126,11 +132,13 @@ def hortacloud_upload_sample() -> None:
             if product.mechanism == "s3sync":
                 done = upload(planned[product.name])
             else:
-                done = LsfJobOperator.partial(
+                transferred = LsfJobOperator.partial(
                     task_id="transfer",
                     pool=CONFIG.lsf.pool,
                     map_index_template="{{ task.job_name }}",
                 ).expand_kwargs(jobs(planned[product.name]))
+                done = verify(product.name, planned[product.name])
+                transferred >> done
             if product.name in PRODUCT_ASSETS:
                 done >> announce.override(outlets=[PRODUCT_ASSETS[product.name]])()
 

@@ -59,3 +59,36 @@ def images_step(
         summary["verified"],
     )
     return summary
+
+
+def verify_step(
+    product: str, transfers: list[dict[str, Any]], params: dict[str, Any], logger: logging.Logger = log
+) -> dict[str, Any]:
+    """After a cluster product's LSF jobs ended DONE: every source file is in S3 with its size, or the task fails.
+
+    The jobs' ``aws s3 sync`` exit codes are trusted for errors it saw; this checks what it could not see (a job
+    killed after LSF recorded DONE, a transfer command that exits 0 on partial failure, files that appeared while
+    it ran). It walks the sources and lists the prefixes as the images verification does; nothing is uploaded.
+    """
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from hortacloud.images import engine_from_s3hook
+    from hortacloud.s3sync import SyncItem
+
+    if not transfers:
+        raise AirflowSkipException(f"{product} was not chosen for this run")
+    if params.get("dry_run"):
+        raise AirflowSkipException("Dry run: nothing was transferred, so nothing is verified")
+    config = load_config()
+    engine = engine_from_s3hook(config, logger)
+    items = [SyncItem(item["source"], item["prefix"], bool(item.get("is_file"))) for item in transfers]
+    problems = engine.verify(items)
+    if problems:
+        raise AirflowFailException(
+            f"{product}: the LSF jobs ended DONE, but S3 does not hold every source file with its size "
+            f"(first {len(problems)} shown):\n  " + "\n  ".join(problems) + "\nA new run for this sample transfers "
+            "again (clearing the transfer task in this run would re-attach to its finished job)."
+        )
+    destinations = sorted({f"s3://{config.s3.bucket}/{item.key}" for item in items})
+    logger.info("%s: every source file is in S3 with its size under %s", product, ", ".join(destinations))
+    return {"verified": True, "transfers": len(items), "destinations": destinations}

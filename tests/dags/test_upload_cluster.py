@@ -67,7 +67,9 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
     assert states[("registration.transfer", 0)] == "success"
     assert states[("segmentation.transfer", 0)] == "success"
     assert states[("tracings.transfer", 0)] == "success"
-    # One asset event for the whole tracings group, after its transfers: the metadata rebuild runs once per upload.
+    # Each group checks S3 against the sources after its jobs, then (tracings) emits one asset event for the whole
+    # group: the metadata rebuild runs once per upload.
+    assert {states[(f"{group}.verify", -1)] for group in ("registration", "segmentation", "tracings")} == {"success"}
     assert states[("tracings.announce", -1)] == "success"
     (announce,) = [task for task in run.dag.tasks if task.task_id == "tracings.announce"]
     assert [asset.name for asset in announce.outlets] == ["hortacloud_tracings"]
@@ -105,7 +107,27 @@ def test_dry_run_submits_nothing(airflow_db, cluster_site, lsf):  # type: ignore
     assert str(run.state) == "success"
     assert lsf.calls() == []  # not even a lookup: nothing reaches LSF
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["tracings.verify"] == "skipped"
     assert states["tracings.announce"] == "skipped"  # nothing uploaded, so no metadata rebuild is started
+
+
+def test_a_done_job_that_left_files_behind_fails_the_verification(
+    airflow_db, cluster_site, lsf, s3_client, fresh_bucket, site_config, capfd, caplog
+):  # type: ignore[no-untyped-def]
+    # A transfer command that exits 0 having copied nothing: LSF says DONE, S3 says otherwise.
+    lsf_section = emulated_lsf(cluster_site / "logs", 0.2) | {"transfer_command": "echo {source} {destination}"}
+    sections = {"s3": {"bucket": fresh_bucket}, "cluster": cluster_roots(cluster_site), "lsf": lsf_section}
+    site_config(site_toml(sections))
+    run = _run({"sample": SAMPLE, "products": ["tracings"]})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "failed", states
+    assert states["tracings.transfer"] == "success" and states["tracings.verify"] == "failed"
+    assert states["tracings.announce"] == "upstream_failed"  # no metadata rebuild from a partial upload
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert "the LSF jobs ended DONE, but S3 does not hold every source file" in logged
+    assert f"tracings/Finished_Neurons/{SAMPLE}/it's $HOME; rm -rf x/G-001.swc: 15 bytes locally, missing" in logged
+    assert s3_client.list_objects_v2(Bucket=fresh_bucket).get("KeyCount") == 0
 
 
 def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf, s3_client, monkeypatch):  # type: ignore[no-untyped-def]
