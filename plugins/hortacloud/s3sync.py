@@ -654,6 +654,18 @@ def _parse_destination(text: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Sync one folder (or file) to S3 like ``aws s3 sync``; exit 1 when anything failed."""
     import argparse
@@ -665,9 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("destination", help="s3://bucket/prefix/ (a folder) or s3://bucket/key (a file)")
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3 endpoint")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
-    parser.add_argument("--workers", type=int, default=64)
-    parser.add_argument("--part-size-mib", type=int, default=16)
-    parser.add_argument("--multipart-threshold-mib", type=int, default=64)
+    parser.add_argument("--workers", type=_positive, default=64)
+    parser.add_argument("--part-size-mib", type=_positive, default=16)
+    parser.add_argument("--multipart-threshold-mib", type=_positive, default=64)
     parser.add_argument("--checksum", choices=("crc32", "none"), default="crc32")
     parser.add_argument("--progress-interval", type=float, default=30.0)
     parser.add_argument("--dry-run", action="store_true")
@@ -699,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     except SyncError as err:
         log.error("%s", err)
         print(json.dumps(err.summary.to_dict()))
+        return 1
+    except OSError as err:  # the source is missing or unreadable: say so in one line, not a traceback
+        log.error("Nothing synced: %s", err)
         return 1
     print(json.dumps(summary.to_dict()))
     return 0

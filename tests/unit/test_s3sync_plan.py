@@ -86,3 +86,15 @@ def test_key_ordered_sorts_a_folder_by_folder_listing_with_spilled_runs() -> Non
     ordered = list(key_ordered(objects, run_length=3))
     assert [item.key for item in ordered] == sorted(listed, key=lambda key: key.encode("utf-8"))
     assert {item.key: item.size for item in ordered} == {key: number for number, key in enumerate(listed)}
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys) -> None:  # type: ignore[no-untyped-def]
+    from hortacloud.s3sync import main
+
+    missing = tmp_path / "no such sample"
+    assert main([str(missing), "s3://bucket/images/2023-05-10/"]) == 1
+    assert f"Nothing synced: Source folder {missing} does not exist" in caplog.text
+    with pytest.raises(SystemExit) as exited:
+        main(["--workers", "0", str(tmp_path), "s3://bucket/p/"])
+    assert exited.value.code == 2
+    assert "argument --workers: '0' is not a positive whole number" in capsys.readouterr().err
