@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import time
@@ -188,3 +189,41 @@ def test_wrong_credentials_fail_with_the_servers_words(s3_server, fresh_bucket, 
     bad = S3Endpoint(s3_server.url, s3_server.access_key, "not-the-secret")
     with pytest.raises(RuntimeError, match=r"Listing s3://.* failed: HTTP 403 SignatureDoesNotMatch"):
         _engine(bad, fresh_bucket).run(_items(sample))
+
+
+def test_credentials_refreshed_mid_sync_are_used(s3_server, s3_client, fresh_bucket, sample):
+    """An assumed role (the connection's role_arn) hands out short-lived keys that botocore refreshes; the CRT client
+    must sign every request with the current ones. Here the first keys are already invalid and about to expire."""
+    from botocore.credentials import RefreshableCredentials
+
+    refreshes = []
+
+    def refresh() -> dict[str, str]:
+        refreshes.append(time.monotonic())
+        # Five minutes left: inside botocore's mandatory refresh window, so every use asks for fresh keys.
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+        return {
+            "access_key": s3_server.access_key,
+            "secret_key": s3_server.secret_key,
+            "token": "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    stale = {
+        "access_key": s3_server.access_key,
+        "secret_key": "expired-secret",
+        "token": "",
+        "expiry_time": (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat(),
+    }
+    credentials = RefreshableCredentials.create_from_metadata(stale, refresh, "assume-role")
+    s3 = CrtS3(
+        S3Location("http", s3_server.url.removeprefix("http://"), s3_server.region, path_style=True),
+        crt_credentials(credentials),
+        part_size=16 * MIB,
+        multipart_threshold=64 * MIB,
+    )
+    summary = SyncEngine(s3, fresh_bucket, workers=8, progress_interval=0.2).run(_items(sample))
+    assert summary.verified and summary.files_uploaded == len(_expected(sample))
+    assert _objects(s3_client, fresh_bucket) == _expected(sample)
+    # Fetched again and again while the sync ran (listings and uploads), not once at the start.
+    assert len(refreshes) > summary.files_uploaded / 2
