@@ -10,12 +10,13 @@ and whenever the upload DAG has updated tracings (the `hortacloud_tracings` asse
 2. **scan** lists `tracings/<location>/<date>/<G-NNN>/` in the bucket: folders, `soma.txt`, which SWCs exist.
 3. **build_and_write** builds `neurons/<location>/<date>/metadata.json` (and `images/<date>/neurons.json` for
    tracing_complete when HortaCloud can load that sample), refuses everything when the result describes fewer
-   neurons than `[neuronbrowser] min_share` of what the bucket already holds, and writes only files whose bytes
-   changed.
+   neurons than `[neuronbrowser] min_share` of what the bucket already holds, keeps any file whose new version
+   would drop neurons it describes, and writes only files whose bytes changed.
 4. **report** logs what happened and returns a small summary (dates in S3, dates without mappings, files written,
    unchanged and refused, neurons whose soma location came from a fallback).
 
-`dry_run` reports what would change and writes nothing.
+`dry_run` reports what would change and writes nothing. `allow_removals` lets a run drop neurons NeuronBrowser no
+longer maps (without it, the files that would lose neurons are kept and the run fails, naming them).
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ LOCATION_TITLES = {
             description="Report what would change; write nothing to S3.",
             section="Options",
         ),
+        "allow_removals": Param(
+            False,
+            type="boolean",
+            title="Allow removals",
+            description="Write files even when NeuronBrowser no longer maps some of the neurons they describe "
+            "(otherwise those files are kept and the run fails, naming the neurons).",
+            section="Options",
+        ),
     },
 )
 def hortacloud_neuron_metadata() -> None:
@@ -101,6 +110,7 @@ def hortacloud_neuron_metadata() -> None:
                 scanned,
                 params["locations"],
                 dry_run=params["dry_run"],
+                allow_removals=params["allow_removals"],
                 publish=lambda report: ti.xcom_push(key="report", value=report),
             )
         except GuardRefusal as err:

@@ -356,15 +356,20 @@ def render(document: Mapping[str, Any]) -> bytes:
     return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-def described_neurons(body: bytes | None) -> int:
-    """How many neurons an existing metadata object describes (0 when absent or unreadable)."""
+def neuron_ids(body: bytes | None) -> set[str]:
+    """The neuron ids a metadata object describes (none when absent or unreadable)."""
     if not body:
-        return 0
+        return set()
     try:
         neurons = json.loads(body).get("neurons")
     except (ValueError, AttributeError):
-        return 0
-    return len(neurons) if isinstance(neurons, dict) else 0
+        return set()
+    return set(neurons) if isinstance(neurons, dict) else set()
+
+
+def described_neurons(body: bytes | None) -> int:
+    """How many neurons an existing metadata object describes (0 when absent or unreadable)."""
+    return len(neuron_ids(body))
 
 
 def check_guard(injections: int, new_neurons: int, existing_neurons: int, min_share: float) -> None:
@@ -400,6 +405,8 @@ class MetadataReport:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    # Files kept as they are because the new version would drop neurons they describe: key -> dropped ids.
+    removals: dict[str, list[str]] = field(default_factory=dict)
     not_loadable: list[str] = field(default_factory=list)
     soma_fallbacks: list[SomaFallback] = field(default_factory=list)
     neurons_described: int = 0
@@ -426,6 +433,7 @@ class MetadataReport:
         )
         out += [f"    {verb}: {key}" for key in self.written]
         out += [f"    refused: {key}" for key in self.refused]
+        out += [f"    kept, would drop {', '.join(ids)}: {key}" for key, ids in self.removals.items()]
         out += [f"  neurons.json not written (images incomplete): {d}" for d in self.not_loadable]
         out.append(f"  soma location from a fallback: {len(self.soma_fallbacks)}")
         out += [f"    {f.neuron_id} ({f.date}/{f.folder}): {f.source}" for f in self.soma_fallbacks]
@@ -442,6 +450,7 @@ class MetadataReport:
             "written": list(self.written),
             "unchanged": len(self.unchanged),
             "refused": list(self.refused),
+            "removals": {key: list(ids) for key, ids in self.removals.items()},
             "not_loadable": list(self.not_loadable),
             "soma_fallbacks": {f.neuron_id: f.source for f in self.soma_fallbacks},
             "refusal": self.refusal,

@@ -26,6 +26,7 @@ from hortacloud.metadata import (
     described_neurons,
     is_date,
     near_misses,
+    neuron_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -265,9 +266,14 @@ def apply(
     prefix: str = "G-",
     min_share: float = 0.9,
     dry_run: bool = False,
+    allow_removals: bool = False,
 ) -> MetadataReport:
     """Plan, guard, then write what differs. On refusal, ``report.refusal`` is set and :class:`GuardRefusal` raised
-    with the report attached as ``err.report``; nothing has been written."""
+    with the report attached as ``err.report``; nothing has been written.
+
+    A file whose new version would drop neurons it describes is kept as it is (``report.removals``) unless
+    ``allow_removals``: a neuron that vanished from NeuronBrowser is more often an outage or a data-entry slip than
+    an unpublishing, and HortaCloud would lose it. The other files are written."""
     report = MetadataReport(
         dry_run=dry_run,
         injections=mapping.injections,
@@ -287,10 +293,13 @@ def apply(
         if current == write.body:
             report.unchanged.append(write.key)
             continue
-        if current is not None and write.key.startswith("neurons/"):
-            before, after = described_neurons(current), described_neurons(write.body)
-            if after < before:
-                log.warning("%s: %d neurons, was %d", write.key, after, before)
+        dropped = sorted(neuron_ids(current) - neuron_ids(write.body))
+        if dropped and not allow_removals:
+            log.warning("Keeping %s as it is: the new version would drop %s", write.key, ", ".join(dropped))
+            report.removals[write.key] = dropped
+            continue
+        if dropped:
+            log.warning("%s: dropping %s (allow_removals)", write.key, ", ".join(dropped))
         changed.append(write)
     try:
         check_guard(mapping.injections, report.neurons_described, report.neurons_in_bucket, min_share)

@@ -70,6 +70,7 @@ def build_and_write(
     *,
     dry_run: bool,
     publish: Callable[[dict[str, Any]], None],
+    allow_removals: bool = False,
     config: SiteConfig | None = None,
 ) -> dict[str, Any]:
     """Build every document, guard, write what changed; ``publish`` gets the report (also before a refusal)."""
@@ -85,6 +86,7 @@ def build_and_write(
             prefix=nb.neuron_prefix,
             min_share=nb.min_share,
             dry_run=dry_run,
+            allow_removals=allow_removals,
         )
     except GuardRefusal as err:
         refused: MetadataReport | None = getattr(err, "report", None)
@@ -121,4 +123,11 @@ def log_report(report: dict[str, Any] | None) -> dict[str, Any]:
     if report["xcom"]["refusal"]:
         raise GuardRefusal(report["xcom"]["refusal"])
     xcom: dict[str, Any] = report["xcom"]
+    if removals := xcom.get("removals"):
+        kept = "; ".join(f"{key} would drop {', '.join(ids)}" for key, ids in removals.items())
+        raise GuardRefusal(
+            f"{len(removals)} file(s) kept as they are because NeuronBrowser no longer maps neurons they describe: "
+            f"{kept}. Everything else was written. If NeuronBrowser is right, trigger this DAG with "
+            '{"allow_removals": true}.'
+        )
     return xcom

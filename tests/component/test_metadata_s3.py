@@ -167,6 +167,38 @@ def test_worse_data_is_refused_with_the_numbers_and_nothing_written(s3_client, b
     assert snapshot(s3_client, bucket) == before
 
 
+def _without(injections: list[dict[str, Any]], neuron_id: str) -> list[dict[str, Any]]:
+    return [i | {"neurons": [n for n in i["neurons"] or [] if n.get("idString") != neuron_id]} for i in injections]
+
+
+def test_a_file_that_would_lose_neurons_is_kept_and_the_rest_written(s3_client, bucket) -> None:
+    run(s3_client, bucket)
+    key = "neurons/tracing_complete/2014-06-24/metadata.json"
+    kept = {k: v for k, v in snapshot(s3_client, bucket).items() if k.endswith("2014-06-24/neurons.json") or k == key}
+    # NeuronBrowser loses AA0230 (G-001 of 2014-06-24), and a new tracing appears elsewhere.
+    s3_client.put_object(Bucket=bucket, Key="tracings/tracing_complete/2017-01-15/G-003/consensus.swc", Body=SWC)
+    injections = _without(INJECTIONS, "AA0230")
+    for injection in injections:
+        if injection["id"] == "inj-2017":
+            injection["neurons"] = [*injection["neurons"], {"id": "n-AA0502", "idString": "AA0502", "tag": "G-003"}]
+    report = run(s3_client, bucket, injections)
+    assert set(report.removals) == {
+        key,
+        "images/2014-06-24/neurons.json",
+        "neurons/Finished_Neurons/2014-06-24/metadata.json",
+    }
+    assert all(ids == ["AA0230"] for ids in report.removals.values())
+    assert report.written == ["neurons/tracing_complete/2017-01-15/metadata.json"]
+    after = snapshot(s3_client, bucket)
+    assert {k: after[k] for k in kept} == kept  # the kept files are byte for byte what they were
+    assert "AA0502" in json.loads(after["neurons/tracing_complete/2017-01-15/metadata.json"][2])["neurons"]
+    assert "kept, would drop AA0230: " + key in "\n".join(report.lines())
+
+    allowed = run(s3_client, bucket, injections, allow_removals=True)
+    assert set(allowed.written) == set(report.removals) and not allowed.removals
+    assert "AA0230" not in json.loads(snapshot(s3_client, bucket)[key][2])["neurons"]
+
+
 def test_no_injections_is_refused_even_on_an_empty_bucket(s3_client, fresh_bucket) -> None:
     with pytest.raises(GuardRefusal, match="no injections"):
         run(s3_client, fresh_bucket, [])

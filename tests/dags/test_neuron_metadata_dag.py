@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ def test_dag_shape_schedule_and_params() -> None:
     assert dag.start_date is None
     assert dag.params.get_param("locations").value == ["Finished_Neurons", "tracing_complete"]
     assert dag.params.get_param("dry_run").value is False
+    assert dag.params.get_param("allow_removals").value is False
     assert set(dag.task_ids) == {"fetch_mapping", "scan", "build_and_write", "report"}
     assert dag.get_task("build_and_write").upstream_task_ids == {"fetch_mapping", "scan"}
 
@@ -104,6 +106,36 @@ def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client
     assert "fewer than 90% of the 35 the bucket already describes" in out + err
     assert "REFUSED:" in caplog.text + out + err  # the report task logged the report
     assert snapshot(s3_client, site) == before
+
+
+def test_a_neuron_gone_from_neuronbrowser_keeps_its_files_until_removals_are_allowed(
+    site, s3_client, nb_server, capfd, caplog
+) -> None:
+    assert str(_run({}).state) == "success"
+    before = snapshot(s3_client, site)
+    # One of the two injections of 2019-03-10 disappears: AA0701 (G-002) is no longer mapped.
+    everything_else = [i["id"] for i in json.loads(FIXTURE.read_text())["injections"] if i["id"] != "inj-2019-b"]
+    nb_server.set(only=everything_else)
+    kept = _run({})
+    states = _states(kept)
+    assert str(kept.state) == "failed", states
+    assert states["build_and_write"] == "success" and states["report"] == "failed"
+    removals = kept.get_task_instance("build_and_write").xcom_pull(task_ids="build_and_write", key="report")["xcom"][
+        "removals"
+    ]
+    assert removals == {
+        "images/2019-03-10/neurons.json": ["AA0701"],
+        "neurons/tracing_complete/2019-03-10/metadata.json": ["AA0701"],
+    }
+    assert snapshot(s3_client, site) == before  # nothing else changed, and the two files were kept
+    out, err = capfd.readouterr()
+    assert "2 file(s) kept as they are because NeuronBrowser no longer maps neurons" in out + err + caplog.text
+
+    allowed = _run({"allow_removals": True})
+    assert str(allowed.state) == "success", _states(allowed)
+    assert sorted(_report(allowed)["written"]) == sorted(removals)
+    document = json.loads(s3_client.get_object(Bucket=site, Key="images/2019-03-10/neurons.json")["Body"].read())
+    assert sorted(document["neurons"]) == ["AA0700", "AA0702"]
 
 
 @pytest.mark.parametrize(

@@ -349,6 +349,7 @@ def test_report_lines_and_xcom() -> None:
         "written": ["neurons/Finished_Neurons/2014-06-24/metadata.json"],
         "unchanged": 2,
         "refused": [],
+        "removals": {},
         "not_loadable": [],
         "soma_fallbacks": {"AA0231": "neuron brain area"},
         "refusal": None,
