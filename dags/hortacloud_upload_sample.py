@@ -136,6 +136,8 @@ def hortacloud_upload_sample() -> None:
                     task_id="transfer",
                     pool=CONFIG.lsf.pool,
                     map_index_template="{{ task.job_name }}",
+                    # Two runs for one sample follow one live job per folder, never two concurrent transfers.
+                    name_scope="dag",
                 ).expand_kwargs(jobs(planned[product.name]))
                 done = verify(product.name, planned[product.name])
                 transferred >> done

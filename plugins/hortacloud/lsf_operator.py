@@ -41,6 +41,11 @@ class LsfJobOperator(BaseOperator):
     The ``-J`` name is ``<job_name>.<hash>``, the hash taken over dag_id, run_id, task_id, map_index and source, so
     it is the same on every try and readable in ``bjobs`` (``seg0510-1.3f9c2a7d1e``).
 
+    With ``name_scope="dag"`` the hash leaves out run_id and map_index: every run of the DAG that transfers the same
+    source uses the same name, and a run that finds a pending or running job of that name follows it instead of
+    starting a second, concurrent transfer of the same folder. Finished jobs of that name are other runs' history:
+    a new run submits again (its own finished job, kept in the task state store, still counts for its retries).
+
     :param command: the job's command line, one bsub argument, run by the job's shell (templated).
     :param job_name: readable prefix of the ``-J`` name, e.g. the old script's ``seg0510-1`` (templated).
     :param source: what this job transfers; part of the name hash, so two sources never share a job (templated).
@@ -62,6 +67,7 @@ class LsfJobOperator(BaseOperator):
     :param output_format: ``json`` (LSF 10.1.0.2+) or ``text``.
     :param cancel_on_kill: bkill the job when the task is killed (blocking ``on_kill`` and the trigger's).
     :param reattach: look for an earlier try's job before submitting.
+    :param name_scope: ``run`` (a job per run) or ``dag`` (runs share a live job for the same source; see above).
     :param resubmit_failed: resubmit when the earlier try's job ended in failure; off: fail with its result.
     :param dry_run_submit: log the bsub command line and submit nothing (not ``dry_run``: a BaseOperator method).
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``) instead of a worker slot.
@@ -94,6 +100,7 @@ class LsfJobOperator(BaseOperator):
         bhist_files: int = 2,
         cancel_on_kill: bool = True,
         reattach: bool = True,
+        name_scope: Literal["run", "dag"] = "run",
         resubmit_failed: bool = True,
         dry_run_submit: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -120,6 +127,9 @@ class LsfJobOperator(BaseOperator):
         self.bhist_files = bhist_files
         self.cancel_on_kill = cancel_on_kill
         self.reattach = reattach
+        if name_scope not in ("run", "dag"):
+            raise ValueError(f"name_scope {name_scope!r} must be 'run' or 'dag'")
+        self.name_scope = name_scope
         self.resubmit_failed = resubmit_failed
         self.dry_run_submit = dry_run_submit
         self.deferrable = deferrable
@@ -141,12 +151,13 @@ class LsfJobOperator(BaseOperator):
 
     def lsf_name(self, context: Context) -> str:
         ti = context["ti"]
+        per_run = self.name_scope == "run"
         return lsf_job_name(
             self.job_name,
             dag_id=ti.dag_id,
-            run_id=ti.run_id,
+            run_id=ti.run_id if per_run else "",
             task_id=ti.task_id,
-            map_index=getattr(ti, "map_index", -1),
+            map_index=getattr(ti, "map_index", -1) if per_run else None,
             source=self.source,
         )
 
@@ -194,8 +205,13 @@ class LsfJobOperator(BaseOperator):
     def _output_path(self, job_id: str) -> str:
         return self.output_file.replace("%J", job_id).replace("%I", "0") if self.output_file else ""
 
-    def _earlier_job(self, context: Context, name: str) -> JobStatus | None:
-        """The job an earlier try submitted under ``name``: from the state store (name checked), else by name."""
+    def _earlier_job(self, context: Context, name: str) -> tuple[JobStatus | None, set[str]]:
+        """The job to follow instead of submitting, and the ids of finished jobs of ``name`` that are not ours.
+
+        First the job this task instance recorded in the state store (name checked), else the newest of ``name``
+        in LSF. With ``name_scope="dag"``, a job found only by name is followed while it is pending or running; a
+        finished one belongs to an earlier run and is returned among the ids to ignore.
+        """
         stored = self._stored_job(context)
         if stored and stored.get("job_name") == name and stored.get("job_id"):
             job_id = str(stored["job_id"])
@@ -205,13 +221,27 @@ class LsfJobOperator(BaseOperator):
                 self.log.warning("Could not ask LSF about stored job %s (%s); looking it up by name", job_id, err)
                 job = None
             if job is not None and job.job_name == name:
-                return job
+                return job, set()
             if job is not None:
                 self.log.warning("LSF job id %s now belongs to %r (id reused); not attaching", job_id, job.job_name)
         found = self.hook.find_by_name(name)
+        if self.name_scope == "dag":
+            live = [job for job in found if job.phase not in ("success", "failure")]
+            if live:
+                self.log.info(
+                    "LSF job %s (%s) is already transferring %s (another run, or an earlier try): following it "
+                    "instead of starting a second transfer",
+                    live[0].job_id,
+                    name,
+                    self.source or self.task_id,
+                )
+                return live[0], set()
+            if found:
+                self.log.info("%d finished LSF job(s) named %s are earlier runs'; submitting anew", len(found), name)
+            return None, {job.job_id for job in found}
         if len(found) > 1:
             self.log.warning("LSF knows %d jobs named %s (%s); following the newest", len(found), name, found)
-        return found[0] if found else None
+        return (found[0] if found else None), set()
 
     # -- execution
 
@@ -226,7 +256,7 @@ class LsfJobOperator(BaseOperator):
         failed_before: set[str] = set()
         if self.reattach:
             try:
-                job = self._earlier_job(context, name)
+                job, failed_before = self._earlier_job(context, name)
             except LsfRejected as err:
                 raise AirflowFailException(f"Could not check LSF for an earlier job {name}: {err}") from err
             except LsfError as err:
@@ -235,7 +265,7 @@ class LsfJobOperator(BaseOperator):
                 ) from err
         if job is not None:
             self.lsf_job_id = job.job_id
-            self.log.info("Found LSF job %s (%s) from an earlier try, %s", job.job_id, name, job.stat)
+            self.log.info("Found LSF job %s (%s), %s", job.job_id, name, job.stat)
             if job.phase == "success":
                 self._remember(context, job.job_id, name, submitted_at)
                 return self._succeed(JobWatch(job.job_id, name, submitted_at).final(job))

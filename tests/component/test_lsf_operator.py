@@ -320,6 +320,44 @@ def test_reused_job_id_is_not_attached(lsf: LsfCluster) -> None:
     assert len(lsf.calls("bsub")) == 2
 
 
+def test_runs_of_one_dag_share_a_live_job_but_not_a_finished_one(lsf: LsfCluster) -> None:
+    """name_scope="dag": a second run that uploads the same folder while the first run's job is still going follows
+    that job instead of starting a concurrent transfer; once it has finished, a new run transfers again."""
+    lsf.knobs(FAKE_LSF_PLAN="PEND:0.3,RUN:0.6,DONE")
+    first_run, second_run = FakeTI(), FakeTI(run_id="manual__2026-11-26T00:00:00+00:00", map_index=3)
+    with pytest.raises(TaskDeferred):
+        make_op(name_scope="dag", deferrable=True).execute(context_for(first_run))
+    first_id = first_run.xcoms[STATE_KEY]["job_id"]
+    followed = make_op(name_scope="dag").execute(context_for(second_run, FakeStore()))
+    assert followed["job_id"] == first_id and followed["stat"] == "DONE"
+    assert len(lsf.calls("bsub")) == 1
+
+    # A later run: the job of that name has finished, so it is history, not this run's result.
+    lsf.knobs(FAKE_LSF_PLAN="DONE")
+    third_store = FakeStore()
+    third = make_op(name_scope="dag").execute(context_for(FakeTI(run_id="scheduled__x"), third_store))
+    assert third["job_id"] != first_id and len(lsf.calls("bsub")) == 2
+    # The third run's retry (or a clear) finds its own finished job in the state store and takes its result.
+    again = make_op(name_scope="dag").execute(context_for(FakeTI(run_id="scheduled__x"), third_store))
+    assert again["job_id"] == third["job_id"] and len(lsf.calls("bsub")) == 2
+
+
+def test_dag_scope_never_takes_an_old_job_for_a_lost_submission(lsf: LsfCluster) -> None:
+    lsf.knobs(FAKE_LSF_PLAN="DONE")
+    old = run(make_op(name_scope="dag"))
+    # This run's first bsub fails for now (LSF down) and submits nothing. The lookup by name before the retry finds
+    # only the earlier run's finished job of the same name: that is not this submission, so bsub is retried.
+    lsf.knobs(FAKE_LSF_DOWN=1, FAKE_LSF_FAULTS_FOR="bsub")
+    new = make_op(name_scope="dag").execute(context_for(FakeTI(run_id="manual__later"), FakeStore()))
+    assert new["job_id"] != old["job_id"] and new["stat"] == "DONE"
+    assert len(lsf.calls("bsub")) == 3  # the old run's, the failed attempt, the retry
+
+
+def test_name_scope_is_checked() -> None:
+    with pytest.raises(ValueError, match="name_scope 'sample' must be 'run' or 'dag'"):
+        make_op(name_scope="sample")
+
+
 # -- cancel, dry run, quoting ----------------------------------------------------------------------------------------
 
 
