@@ -4,8 +4,8 @@ One stack for the module (about 20-35 s to start on this 2-core machine). It ser
 ``dags/`` and a probe bundle written here (a plain run with a mapped task, and a deferred task to mark failed).
 Its tasks reach SeaweedFS, the LSF emulator (the tracings transfers; they defer, as in production) and a local
 NeuronBrowser answering from the demo's fixture (``devstack/demo_neuronbrowser.json``), so the tracings upload
-starts the neuron metadata DAG through its asset. Everything goes through the REST API, as an operator or the
-demo would.
+starts the neuron metadata DAG through its asset, and two runs for one sample share one live LSF transfer.
+Everything goes through the REST API, as an operator or the demo would.
 """
 
 from __future__ import annotations
@@ -404,3 +404,30 @@ def test_no_secret_in_logs_or_command_lines(stack: AirflowStack, api: AirflowCli
         except OSError:
             continue
         assert not any(secret in cmdline for secret in secrets), f"a secret is on the command line of {pid}"
+
+
+def test_two_runs_for_one_sample_share_the_live_transfer(api: AirflowClient, lsf: Emulator) -> None:
+    """Two people trigger the same sample: the second run follows the first run's LSF job, no second transfer."""
+    api.wait_for_dag(UPLOAD_DAG, timeout=60)
+    api.ensure_pool("hortacloud_lsf", 4)
+    api.unpause(UPLOAD_DAG)
+    lsf.set_knobs(FAKE_LSF_PEND_SECONDS=12)  # the job waits in PEND long enough for the second run to find it
+    try:
+        before = len(lsf.calls("bsub"))
+        conf = {"sample": SAMPLE, "products": ["tracings"]}
+        first = api.trigger(UPLOAD_DAG, conf)
+        deadline = time.monotonic() + 60
+        while len(lsf.calls("bsub")) == before:
+            assert time.monotonic() < deadline, "the first run never submitted"
+            time.sleep(0.3)
+        second = api.trigger(UPLOAD_DAG, conf)
+        assert api.wait_for_run(UPLOAD_DAG, first, timeout=120, poll=0.5) == "success"
+        assert api.wait_for_run(UPLOAD_DAG, second, timeout=120, poll=0.5) == "success"
+    finally:
+        lsf.set_knobs(FAKE_LSF_PEND_SECONDS=None)
+    assert len(lsf.calls("bsub")) == before + 1
+    ids = {
+        api.xcom(UPLOAD_DAG, run, "tracings.transfer", key="lsf_job", map_index=0)["job_id"] for run in (first, second)
+    }
+    assert len(ids) == 1
+    assert "is already transferring" in api.task_log(UPLOAD_DAG, second, "tracings.transfer", map_index=0)
