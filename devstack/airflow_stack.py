@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.procs import LOOPBACK, ManagedProcess, free_port
+from devstack.procs import LOOPBACK, ManagedProcess, free_port, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,9 @@ class AirflowStack:
         for pid in sorted(strays & _live_pids()):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        # SIGKILL is asynchronous: return only once the killed processes are really gone.
+        if left := wait_gone(strays, timeout=5.0):
+            log.warning("Processes of the stack still running after SIGKILL: %s", sorted(left))
         self.processes.clear()
         self.client = None
         log.info("Airflow at %s stopped in %.1fs", self.url, time.monotonic() - began)

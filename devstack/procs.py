@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -23,6 +23,25 @@ def _die_with_parent() -> None:
     os.setsid()
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed process whose parent has not reaped it yet is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:
+    """Wait up to ``timeout`` s for every process in ``pids`` to end; the ones still running."""
+    deadline = time.monotonic() + timeout
+    left = {pid for pid in pids if running(pid)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = {pid for pid in left if running(pid)}
+    return left
 
 
 def port_is_free(port: int) -> bool:

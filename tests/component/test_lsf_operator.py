@@ -199,7 +199,7 @@ def test_job_cleaned_from_bjobs_is_read_from_bhist(
     lsf: LsfCluster, fmt: str, plan: str, bhist_knows: int, outcome: str
 ) -> None:
     # The worker was away longer than CLEAN_PERIOD: the first poll already finds the job gone.
-    lsf.knobs(FAKE_LSF_PLAN=plan, FAKE_LSF_CLEAN_PERIOD=0.05, FAKE_LSF_BHIST_KNOWS=bhist_knows)
+    lsf.knobs(FAKE_LSF_PLAN=plan, FAKE_LSF_CLEAN_PERIOD=0, FAKE_LSF_BHIST_KNOWS=bhist_knows)
     op = make_op(output_format=fmt, not_found_grace=0.5, poll_interval=0.6)
     if outcome == "DONE":
         assert run(op)["stat"] == "DONE"
@@ -219,8 +219,10 @@ def test_job_cleaned_from_bjobs_is_read_from_bhist(
     ids=["json-rc255-with-jobid", "json-rc0-without-jobid", "text-rc255"],
 )
 def test_not_found_answers_in_every_dialect(lsf: LsfCluster, knobs: dict[str, Any], fmt: str) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_CLEAN_PERIOD=0.05, **knobs)
+    # Cleaned at once: every poll gets LSF's not-found answer in this dialect, and only bhist can tell the end.
+    lsf.knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_CLEAN_PERIOD=0, **knobs)
     assert run(make_op(output_format=fmt, not_found_grace=0.0, poll_interval=0.2))["stat"] == "DONE"
+    assert lsf.calls("bhist"), "the not-found answer was not recognised as such"
 
 
 def test_transient_bjobs_failures_do_not_end_a_running_job(lsf: LsfCluster) -> None:

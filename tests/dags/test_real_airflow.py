@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from devstack.airflow_stack import AirflowApiError, AirflowClient, AirflowStack
 from devstack.localsite import cluster_roots, emulated_lsf, site_toml
 from devstack.lsf import Emulator
 from devstack.neuronbrowser import NeuronBrowserServer
+from devstack.procs import running
 from devstack.s3server import S3Endpoint
 from devstack.sampletree import make_sample
 
@@ -219,7 +219,7 @@ def stack(
         yield airflow
     finally:
         airflow.stop()
-    survivors = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    survivors = [pid for pid in pids if running(pid)]
     assert not survivors, f"Airflow processes left after stop(): {survivors}"
 
 
