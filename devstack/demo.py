@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"5. Run finished: {state}")
         for ti in client.task_instances(UPLOAD_DAG, run_id):
             index = f"[{ti.get('rendered_map_index') or ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""
-            print(f"     {ti['task_id'] + index:<45} {ti['state']}")
+            tries = f" (try {ti['try_number']})" if ti.get("try_number", 1) > 1 else ""
+            print(f"     {ti['task_id'] + index:<45} {ti['state']}{tries}")
         jobs = lsf.jobs()
         print(f"   LSF jobs: {', '.join(f'{job.id} {job.name}' for job in jobs) or 'none'}", flush=True)
         metadata_ok = show_metadata_runs(client, client.wait_until_idle(METADATA_DAG, timeout=300))

@@ -455,6 +455,7 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_
         "runlimit_minutes": lsf.runlimit_minutes,
         "output_file": output_file,
         "poll_interval": lsf.poll_interval_seconds,
+        "first_poll_after": lsf.first_poll_seconds,
         "dry_run_submit": dry_run,
     }
 

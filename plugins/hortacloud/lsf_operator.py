@@ -58,6 +58,7 @@ class LsfJobOperator(BaseOperator):
     :param runlimit_minutes: ``bsub -W``; 0 for none.
     :param output_file: ``bsub -o``, ``%J`` allowed; its tail goes into the failure message (templated).
     :param poll_interval: seconds between bjobs calls.
+    :param first_poll_after: seconds the trigger waits before its first bjobs call (see ``LsfJobTrigger``).
     :param not_found_grace: seconds after submission during which a job missing from bjobs is not alarming.
     :param max_poll_failures: consecutive failed polls before the task fails (the job itself is left running).
     :param command_timeout: seconds each LSF command may take.
@@ -91,6 +92,7 @@ class LsfJobOperator(BaseOperator):
         runlimit_minutes: int = 0,
         output_file: str = "",
         poll_interval: float = 60.0,
+        first_poll_after: float = 10.0,
         not_found_grace: float = 120.0,
         max_poll_failures: int = 10,
         command_timeout: float = 120.0,
@@ -118,6 +120,9 @@ class LsfJobOperator(BaseOperator):
         self.runlimit_minutes = runlimit_minutes
         self.output_file = output_file
         self.poll_interval = poll_interval
+        if first_poll_after < 0:
+            raise ValueError(f"first_poll_after {first_poll_after!r} must be 0 or more seconds")
+        self.first_poll_after = first_poll_after
         self.not_found_grace = not_found_grace
         self.max_poll_failures = max_poll_failures
         self.command_timeout = command_timeout
@@ -299,6 +304,7 @@ class LsfJobOperator(BaseOperator):
                     lsf_conn_id=self.lsf_conn_id,
                     profile=self.profile,
                     poll_interval=self.poll_interval,
+                    first_poll_after=self.first_poll_after,
                     not_found_grace=self.not_found_grace,
                     max_poll_failures=self.max_poll_failures,
                     command_timeout=self.command_timeout,

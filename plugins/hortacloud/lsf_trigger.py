@@ -97,6 +97,11 @@ class LsfJobTrigger(BaseTrigger):
     :param lsf_conn_id: see ``LsfHook``.
     :param profile: see ``LsfHook``.
     :param poll_interval: seconds between bjobs calls.
+    :param first_poll_after: seconds to wait before the first bjobs call. An event fired within seconds of the
+        deferral can reach the scheduler before the executor's report that the deferring worker exited; the
+        scheduler then takes that stale report for the resumed try and fails it (apache/airflow#66374, #72716:
+        still open in 3.3 for a try already re-queued or running). Waiting lets the report land first; a job that
+        ends sooner is seen at the first poll.
     :param not_found_grace: seconds after submission during which "not found" is not yet alarming.
     :param max_poll_failures: consecutive failed polls tolerated.
     :param command_timeout: seconds each LSF command may take.
@@ -114,6 +119,7 @@ class LsfJobTrigger(BaseTrigger):
         lsf_conn_id: str | None = LsfHook.default_conn_name,
         profile: str = "",
         poll_interval: float = 60.0,
+        first_poll_after: float = 10.0,
         not_found_grace: float = 120.0,
         max_poll_failures: int = 10,
         command_timeout: float = 120.0,
@@ -128,6 +134,7 @@ class LsfJobTrigger(BaseTrigger):
         self.lsf_conn_id = lsf_conn_id
         self.profile = profile
         self.poll_interval = poll_interval
+        self.first_poll_after = first_poll_after
         self.not_found_grace = not_found_grace
         self.max_poll_failures = max_poll_failures
         self.command_timeout = command_timeout
@@ -145,6 +152,7 @@ class LsfJobTrigger(BaseTrigger):
                 "lsf_conn_id": self.lsf_conn_id,
                 "profile": self.profile,
                 "poll_interval": self.poll_interval,
+                "first_poll_after": self.first_poll_after,
                 "not_found_grace": self.not_found_grace,
                 "max_poll_failures": self.max_poll_failures,
                 "command_timeout": self.command_timeout,
@@ -184,9 +192,9 @@ class LsfJobTrigger(BaseTrigger):
                 window=min(0.5, self.poll_interval / 4),
             )
             self.log.info("Following LSF job %s (%s) every %gs", self.job_id, self.job_name, self.poll_interval)
-            # A first wait: the job was just submitted, and an event fired within seconds of deferring can race
-            # the executor's report of the deferring workload (Airflow 3.3 then marks the resumed task failed).
-            await asyncio.sleep(min(self.poll_interval, 10.0))
+            # The job was just submitted; an event fired within seconds of the deferral can race the executor's
+            # report of the deferring worker (see first_poll_after).
+            await asyncio.sleep(self.first_poll_after)
             while True:
                 outcome: dict[str, Any] | str | None
                 try:

@@ -44,6 +44,12 @@ class LsfCluster:
         entries = [json.loads(line)["argv"] for line in path.read_text().splitlines() if line.strip()]
         return [argv for argv in entries if command is None or argv[0] == command]
 
+    def call_times(self, command: str) -> list[float]:
+        """When (epoch seconds) each run of ``command`` started."""
+        path = self.state / "calls.log"
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        return [float(entry["time"]) for entry in entries if entry["argv"][0] == command]
+
     def job(self, job_id: str) -> dict[str, Any]:
         """The emulator's record of a job."""
         return json.loads((self.state / "jobs" / f"{job_id}.json").read_text())

@@ -22,6 +22,7 @@ FAST: dict[str, Any] = {
     "slots": 4,
     "project": "mouselight",
     "poll_interval": 0.05,
+    "first_poll_after": 0.0,
     "not_found_grace": 1.0,
     "max_poll_failures": 4,
     "command_timeout": 5.0,

@@ -41,6 +41,7 @@ def test_serialize_round_trip_carries_every_argument() -> None:
         lsf_conn_id="lsf_login",
         profile="/misc/lsf/conf/profile.lsf",
         poll_interval=7.5,
+        first_poll_after=2.5,
         not_found_grace=33.0,
         max_poll_failures=4,
         command_timeout=12.0,
@@ -73,6 +74,20 @@ def test_exactly_one_final_event(lsf: LsfCluster, plan: str, status: str, words:
     assert len(events) == 1
     assert events[0]["status"] == status and words in events[0]["message"]
     assert events[0]["job_id"] == trigger.job_id
+
+
+def test_first_poll_waits_so_a_quick_job_cannot_race_the_deferral(lsf: LsfCluster) -> None:
+    # A job that is over before the trigger starts: its event still comes only after first_poll_after, so the
+    # scheduler has seen the deferring worker exit before the task is resumed (apache/airflow#66374 family).
+    trigger = submit(lsf, "DONE", first_poll_after=1.5)
+    assert trigger.first_poll_after == 1.5
+    started = time.time()
+    events = asyncio.run(collect(trigger))
+    elapsed = time.time() - started
+    assert [event["status"] for event in events] == ["success"]
+    polls = [at for at in lsf.call_times("bjobs") if at >= started]
+    assert polls and min(polls) - started >= 1.5
+    assert 1.5 <= elapsed < 5.0
 
 
 def test_error_event_after_bounded_failures_and_operator_raises(lsf: LsfCluster) -> None:

@@ -37,7 +37,8 @@ def cluster_site(tmp_path: Path, site_config, s3_server, lsf: LsfCluster, monkey
     _tree(roots["finished_neurons"] / SAMPLE, {"it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"})
     logs = tmp_path / "logs"
     logs.mkdir()
-    lsf_section = emulated_lsf(logs, 0.2, "--workers", "4", "--progress-interval", "1")
+    # dag.test() runs a deferred task's trigger in-process: no executor report to race, so no first-poll wait.
+    lsf_section = emulated_lsf(logs, 0.2, "--workers", "4", "--progress-interval", "1") | {"first_poll_seconds": 0}
     site_config(site_toml({"cluster": roots, "lsf": lsf_section}))
     monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_S3", s3_server.connection_json())
     for name, value in s3_server.client_env().items():

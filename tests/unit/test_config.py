@@ -30,6 +30,7 @@ def test_override_file_lays_over_defaults_key_by_key(site_config, tmp_path) -> N
         ('timezone = "Mars/Olympus"\n', "timezone"),
         ('[s3]\nbucket = "Bad_Bucket"\n', "s3.bucket"),
         ('[sync]\nchecksum = "md5"\n', "sync.checksum"),
+        ("[lsf]\nfirst_poll_seconds = -1\n", "lsf.first_poll_seconds"),
     ],
 )
 def test_invalid_configuration_names_the_key(site_config, text: str, key: str) -> None:
