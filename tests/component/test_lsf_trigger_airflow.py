@@ -133,9 +133,9 @@ def _fresh(state: Path, **knobs: object) -> None:
 
 
 def test_deferred_job_runs_to_success_with_states_in_the_task_log(api: AirflowClient, lsf_state: Path) -> None:
-    # Not shorter: a trigger that fires before the executor has reported the deferring workload's exit hits an
-    # Airflow 3.3 race (the stale "success" report finds the TI queued again and marks it failed).
-    _fresh(lsf_state, FAKE_LSF_PLAN="PEND:3,RUN:7,DONE")
+    # The trigger's first poll waits first_poll_after (10 s, against an Airflow 3.3 race with the deferring
+    # worker's exit report): the job still runs then, and ends a few seconds later.
+    _fresh(lsf_state, FAKE_LSF_PLAN="PEND:2,RUN:14,DONE")
     run_id = api.trigger("probe_lsf")
     state = api.wait_for_run("probe_lsf", run_id, timeout=90, poll=0.5)
     log = api.task_log("probe_lsf", run_id, "transfer")
