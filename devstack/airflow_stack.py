@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.procs import LOOPBACK, ManagedProcess, free_port, wait_gone
+from devstack.procs import LOOPBACK, ManagedProcess, free_port, proc_stat, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -389,12 +389,8 @@ def _live_pids() -> set[int]:
 def _descendants(roots: set[int]) -> set[int]:
     children: dict[int, list[int]] = {}
     for pid in _live_pids():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(pid)
+        if (fields := proc_stat(pid)) is not None:
+            children.setdefault(int(fields[1]), []).append(pid)
     found: set[int] = set()
     todo = list(roots)
     while todo:

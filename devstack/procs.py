@@ -25,13 +25,19 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie (a killed process whose parent has not reaped it yet is gone)."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...), or None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed process whose parent has not reaped it yet is gone)."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in {"Z", "X"}
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:

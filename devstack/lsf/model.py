@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from devstack.lsf.knobs import EmulatorError, Knobs
 from devstack.lsf.state import Job
+from devstack.procs import running
 
 PENDING_STATES = frozenset({"PEND", "PSUSP", "WAIT", "PROV"})
 RUNNING_STATES = frozenset({"RUN", "USUSP", "SSUSP", "UNKWN", "ZOMBI"})
@@ -210,7 +211,7 @@ def _observe_real(job: Job, now: float, kill_delay: float, unknown: tuple[float,
         shown_end = job.kill_time if shown_end is None else min(shown_end, job.kill_time)
     if shown_end is None or shown_end > now:
         timeline.append(("RUN", job.start_time, None))
-        if job.finish_time is None and job.runner_pid is not None and not _alive(job.runner_pid):
+        if job.finish_time is None and job.runner_pid is not None and not running(job.runner_pid):
             # The runner (our sbatchd) is gone without recording an end: mbatchd has lost contact.
             timeline[-1] = ("UNKWN", job.start_time, None)
             return View("UNKWN", None, "", job.start_time, None, timeline)
@@ -293,13 +294,3 @@ def _observe_scripted(job: Job, now: float, kill_delay: float) -> View:
     shown[-1] = (current_state, current_start, None)
     started = next((start for state, start, _ in shown if state not in PENDING_STATES), None)
     return View(current_state, None, "", started, None, shown)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[-1].split()
-        return bool(fields) and fields[0] not in {"Z", "X"}
-    except OSError:
-        return False

@@ -67,7 +67,7 @@ class LsfConfig(_Section):
     pool: str = Field(min_length=1)
     pool_slots: int = Field(ge=1)
     poll_interval_seconds: float = Field(gt=0)
-    first_poll_seconds: float = Field(default=10.0, ge=0)
+    first_poll_seconds: float = Field(ge=0)
 
 
 NeuronLocation = Literal["Finished_Neurons", "tracing_complete"]

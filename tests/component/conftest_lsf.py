@@ -36,19 +36,18 @@ class LsfCluster:
         current.update(values)
         path.write_text(json.dumps(current))
 
+    def _logged(self, command: str | None) -> list[dict[str, Any]]:
+        path = self.state / "calls.log"
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        return [entry for entry in entries if command is None or entry["argv"][0] == command]
+
     def calls(self, command: str | None = None) -> list[list[str]]:
         """The argv of every command run so far (optionally only ``command``)."""
-        path = self.state / "calls.log"
-        if not path.exists():
-            return []
-        entries = [json.loads(line)["argv"] for line in path.read_text().splitlines() if line.strip()]
-        return [argv for argv in entries if command is None or argv[0] == command]
+        return [entry["argv"] for entry in self._logged(command)]
 
     def call_times(self, command: str) -> list[float]:
         """When (epoch seconds) each run of ``command`` started."""
-        path = self.state / "calls.log"
-        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        return [float(entry["time"]) for entry in entries if entry["argv"][0] == command]
+        return [float(entry["time"]) for entry in self._logged(command)]
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The emulator's record of a job."""
