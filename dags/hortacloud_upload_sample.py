@@ -25,9 +25,18 @@ from airflow.sdk import Param, TaskGroup, dag, task
 
 from hortacloud.assets import PRODUCT_ASSETS
 from hortacloud.config import load_config
-from hortacloud.lsf_operator import LsfJobOperator
-from hortacloud.products import PRODUCT_NAMES, PRODUCTS
-from hortacloud.sample import SAMPLE_PATTERN
+from hortacloud.lsf_operator import LsfTransferOperator
+from hortacloud.params import FLAG_FORMAT, FOLDER_NAMES_FORMAT, IMAGE_BASE_FORMAT, PRODUCTS_FORMAT, SAMPLE_FORMAT
+from hortacloud.products import MAX_SEGMENTATION_DIRS, PRODUCT_NAMES, PRODUCTS
+from hortacloud.sample import (
+    ABSOLUTE_FOLDER_MAX,
+    ABSOLUTE_FOLDER_PATTERN,
+    ABSOLUTE_FOLDER_RULE,
+    FOLDER_NAME_PATTERN,
+    FOLDER_NAME_RULE,
+    SAMPLE_PATTERN,
+    SAMPLE_RULE,
+)
 
 CONFIG = load_config()
 
@@ -50,9 +59,10 @@ CONFIG = load_config()
         "sample": Param(
             type="string",
             pattern=SAMPLE_PATTERN,
-            format="date",
+            format=SAMPLE_FORMAT,
+            maxLength=10,
             title="Sample date",
-            description="The sample to publish, as YYYY-MM-DD (the name of its folder), e.g. 2023-05-10.",
+            description=f"The sample to publish: {SAMPLE_RULE}.",
             section="Sample",
         ),
         "products": Param(
@@ -61,6 +71,7 @@ CONFIG = load_config()
             items={"type": "string", "enum": list(PRODUCT_NAMES)},
             uniqueItems=True,
             minItems=1,
+            format=PRODUCTS_FORMAT,
             examples=list(PRODUCT_NAMES),
             values_display={product.name: product.title for product in PRODUCTS},
             title="Products",
@@ -70,23 +81,31 @@ CONFIG = load_config()
         "image_base": Param(
             None,
             type=["null", "string"],
+            pattern=ABSOLUTE_FOLDER_PATTERN,
+            maxLength=ABSOLUTE_FOLDER_MAX,
+            format=IMAGE_BASE_FORMAT,
             title="Images folder (optional)",
-            description="Absolute path of the sample's rendered images, when it is in neither "
-            f"{' nor '.join(CONFIG.images.bases)}.",
+            description="The sample's rendered images, when they are in neither "
+            f"{' nor '.join(CONFIG.images.bases)}: {ABSOLUTE_FOLDER_RULE}.",
             section="Where the data is",
         ),
         "segmentation_dirs": Param(
             ["stitching-output"],
             type="array",
-            items={"type": "string"},
+            items={"type": "string", "pattern": FOLDER_NAME_PATTERN, "maxLength": 255},
             minItems=1,
+            maxItems=MAX_SEGMENTATION_DIRS,
+            uniqueItems=True,
+            format=FOLDER_NAMES_FORMAT,
             title="Segmentation folders",
-            description="Folders below Reconstructions/<date>/ to upload, one per line; each becomes one LSF job.",
+            description="Folders below Reconstructions/<date>/ to upload, one per line; each becomes one LSF job. "
+            f"Each is {FOLDER_NAME_RULE}.",
             section="Where the data is",
         ),
         "dry_run": Param(
             False,
             type="boolean",
+            format=FLAG_FORMAT,
             title="Dry run",
             description="Log what would be uploaded and submitted; write nothing to S3, submit nothing to LSF.",
             section="Options",
@@ -98,7 +117,7 @@ def hortacloud_upload_sample() -> None:
     def plan(**context):  # type: ignore[no-untyped-def]
         from hortacloud.upload import plan_step
 
-        return plan_step(context["params"])
+        return plan_step(context["params"], dag_id=context["dag"].dag_id, run_id=context["run_id"])
 
     @task
     def upload(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
@@ -132,7 +151,7 @@ def hortacloud_upload_sample() -> None:
             if product.mechanism == "s3sync":
                 done = upload(planned[product.name])
             else:
-                transferred = LsfJobOperator.partial(
+                transferred = LsfTransferOperator.partial(
                     task_id="transfer",
                     pool=CONFIG.lsf.pool,
                     map_index_template="{{ task.job_name }}",

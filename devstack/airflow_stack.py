@@ -100,6 +100,9 @@ class AirflowStack:
     ``PATH`` (prepended to the inherited one). ``start()`` returns an :class:`AirflowClient` logged in as
     ``admin``; ``stop()`` ends every process by PID. Also a context manager yielding the client.
 
+    ``api_conn_id`` puts an ``http`` connection of that id into every component's environment that logs in as the
+    stack's admin: the tasks' own way to the REST API (the upload DAG writes its run notes through it).
+
     DAGs start paused (``paused_at_creation``), as in production: a scheduled DAG in the folder would otherwise
     run at once. Unpause what you trigger (``client.unpause(dag_id)``); a run of a paused DAG stays queued.
     """
@@ -116,6 +119,7 @@ class AirflowStack:
         refresh_interval: int = 5,
         extra_bundles: Mapping[str, Path] | None = None,
         port: int | None = None,
+        api_conn_id: str | None = None,
     ) -> None:
         self.home = Path(home).resolve()
         self.dags_folder = Path(dags_folder).resolve()
@@ -126,6 +130,8 @@ class AirflowStack:
         self.refresh_interval = refresh_interval
         self.extra_bundles = {name: Path(path).resolve() for name, path in (extra_bundles or {}).items()}
         self.requested_port = port
+        self.api_conn_id = api_conn_id
+        self._password: str | None = None
         self.port: int | None = None
         self.client: AirflowClient | None = None
         self.processes: dict[str, ManagedProcess] = {}
@@ -185,6 +191,10 @@ class AirflowStack:
             "PYTHONWARNINGS": "ignore",
             "TMPDIR": str(self.home / "tmp"),
         }
+        if self.api_conn_id and self._password:
+            # The tasks' own way to the REST API (run notes): a connection in the environment, as any other.
+            connection = {"conn_type": "http", "host": self.url, "login": USERNAME, "password": self._password}
+            settings[f"AIRFLOW_CONN_{self.api_conn_id.upper()}"] = json.dumps(connection)
         env = inherited | settings | self.extra_env
         env["PATH"] = path
         return env
@@ -269,7 +279,7 @@ class AirflowStack:
             time.sleep(0.5)
 
     def _write_password(self) -> str:
-        password = secrets.token_urlsafe(24)
+        password = self._password = secrets.token_urlsafe(24)
         fd = os.open(self.passwords_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump({USERNAME: password}, out)

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             # Follow the LSF jobs in the triggerer, as production does, so no worker slot waits on the cluster.
             "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         }
-        stack = AirflowStack(work / "airflow", ROOT / "dags", env, plugins_folder=ROOT / "plugins")
+        stack = AirflowStack(
+            work / "airflow", ROOT / "dags", env, plugins_folder=ROOT / "plugins", api_conn_id="hortacloud_airflow_api"
+        )
         started = time.monotonic()
         client = stack.start()
         print(

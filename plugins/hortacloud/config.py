@@ -87,10 +87,15 @@ class NeuronBrowserConfig(_Section):
     neurons_json_requires: tuple[str, ...] = ("transform.txt", "ktx/block_8_xy_.ktx", "default.0.tif")
 
 
+class AirflowApiConfig(_Section):
+    conn_id: str = Field(min_length=1)
+
+
 class SiteConfig(_Section):
     """The whole site configuration."""
 
     timezone: str
+    airflow_api: AirflowApiConfig
     s3: S3Config
     images: ImagesConfig
     sync: SyncConfig

@@ -370,3 +370,16 @@ class LsfJobOperator(BaseOperator):
             self.log.error("Could not bkill LSF job %s: %s", self.lsf_job_id, err)
             return
         self.log.info("Task killed: bkill %s -> %s", self.lsf_job_id, outcome)
+
+
+class LsfTransferOperator(LsfJobOperator):
+    """``LsfJobOperator`` for jobs built from data: a run's conf, folder names, a plan step's XCom.
+
+    Nothing of it is ever rendered as a Jinja template. Airflow renders an operator's ``template_fields`` after
+    mapping, values from XCom included, so a folder name such as ``{{ conn.hortacloud_s3.password }}`` in a
+    ``LsfJobOperator``'s ``command`` would be evaluated and its result put on a ``bsub`` line that every cluster
+    user can read with ``bjobs -l``. Here the command is used exactly as the plan built it (every value already
+    shell-quoted); the upload DAG's transfers use this operator.
+    """
+
+    template_fields: Sequence[str] = ()

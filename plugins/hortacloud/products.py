@@ -15,10 +15,11 @@ from typing import Literal
 
 from hortacloud.config import SiteConfig
 from hortacloud.sample import (
-    InvalidRequest,
-    check_absolute_dir,
+    check_flag,
+    check_folder_names,
+    check_known_keys,
+    check_optional_absolute_dir,
     check_products,
-    check_relative_dir,
     check_sample,
 )
 
@@ -191,20 +192,22 @@ PRODUCT_NAMES: tuple[str, ...] = tuple(product.name for product in PRODUCTS)
 PRODUCTS_BY_NAME: dict[str, Product] = {product.name: product for product in PRODUCTS}
 
 
+#: The upload DAG's trigger values; any other key in a run's conf is refused.
+PARAM_NAMES: tuple[str, ...] = ("sample", "products", "image_base", "segmentation_dirs", "dry_run")
+#: Most segmentation folders one run may name (each becomes an LSF job).
+MAX_SEGMENTATION_DIRS = 64
+
+
 def parse_request(params: dict[str, object]) -> PlanRequest:
     """Check the trigger values again at run time: a conf from the API or CLI gets the same clear errors."""
+    check_known_keys(params, PARAM_NAMES)
     sample = check_sample(params.get("sample"))
     products = check_products(params.get("products", ["images"]), PRODUCT_NAMES)
-    image_base = params.get("image_base") or None
-    if image_base is not None:
-        image_base = check_absolute_dir(image_base, "image_base")
-    raw_dirs = params.get("segmentation_dirs", ["stitching-output"])
-    if isinstance(raw_dirs, str) or not isinstance(raw_dirs, list) or not raw_dirs:
-        raise InvalidRequest(f"segmentation_dirs {raw_dirs!r} is not a non-empty list of folder names")
-    dirs = [check_relative_dir(item, "segmentation_dirs entry") for item in raw_dirs]
-    dry_run = params.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise InvalidRequest(f"dry_run {dry_run!r} is not true or false")
+    image_base = check_optional_absolute_dir(params.get("image_base"), "image_base")
+    dirs = check_folder_names(
+        params.get("segmentation_dirs", ["stitching-output"]), "segmentation_dirs", MAX_SEGMENTATION_DIRS
+    )
+    dry_run = check_flag(params.get("dry_run", False), "dry_run")
     return PlanRequest(sample, products, image_base, dirs, dry_run)
 
 

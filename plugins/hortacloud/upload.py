@@ -6,26 +6,34 @@ import logging
 from typing import Any
 
 from hortacloud.config import load_config
-from hortacloud.products import PRODUCT_NAMES, PlanError, parse_request, plan_sample
+from hortacloud.products import PRODUCT_NAMES, PlanError, PlanRequest, parse_request, plan_sample
+from hortacloud.run_notes import RunNotes, markdown_text
 from hortacloud.sample import InvalidRequest
 
 log = logging.getLogger(__name__)
 
 
-def plan_step(params: dict[str, Any], logger: logging.Logger = log) -> dict[str, list[dict[str, Any]]]:
+def plan_step(
+    params: dict[str, Any], *, dag_id: str, run_id: str, logger: logging.Logger = log
+) -> dict[str, list[dict[str, Any]]]:
     """Check the trigger values, resolve each chosen product's sources and log the plan.
 
     Returns, per product of the table, the list of transfers (empty for products not chosen). Bad input and
-    products with nothing to upload fail the task at once, before anything is transferred, without retries.
+    products with nothing to upload fail the task at once, before anything is transferred, without retries: the
+    refusal is the first line the task logs and becomes the run's note.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
     config = load_config()
+    notes = RunNotes(config.airflow_api.conn_id)
     try:
         request = parse_request(params)
         plan = plan_sample(config, request)
     except (InvalidRequest, PlanError) as err:
-        raise AirflowFailException(str(err)) from None
+        refusal = f"Refused, nothing was uploaded or submitted: {err}"
+        logger.error("%s", refusal)
+        notes.set(dag_id, run_id, markdown_text(refusal))
+        raise AirflowFailException(refusal) from None
     logger.info(
         "Sample %s, products %s%s; bucket s3://%s",
         request.sample,
@@ -33,10 +41,17 @@ def plan_step(params: dict[str, Any], logger: logging.Logger = log) -> dict[str,
         " (dry run: nothing will be written)" if request.dry_run else "",
         config.s3.bucket,
     )
+    notes.set(dag_id, run_id, markdown_text(run_title(request)))
     for warning in plan.warnings:
         logger.warning("%s", warning)
     logger.info("The plan, as the old generated scripts would have read:\n%s", "\n".join(plan.script_lines(config)))
     return {name: [transfer.to_dict() for transfer in plan.transfers[name]] for name in PRODUCT_NAMES}
+
+
+def run_title(request: PlanRequest) -> str:
+    """What a run publishes, in one line: the run's note while it runs."""
+    dry = "Dry run: " if request.dry_run else ""
+    return f"{dry}{request.sample}: {', '.join(request.products)}"
 
 
 def images_step(

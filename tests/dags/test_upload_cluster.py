@@ -147,3 +147,62 @@ def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf
     assert ti.xcom_pull(task_ids="segmentation.transfer", map_indexes=0)["stat"] == "DONE"
     assert len(lsf.calls("bsub")) == 1
     assert len(lsf.calls("bjobs")) >= 2  # the lookup by name, then the trigger's polls
+
+
+PROBE_DAG = """
+import pendulum
+from airflow.sdk import DAG, task
+
+from hortacloud.lsf_operator import LsfJobOperator, LsfTransferOperator
+
+for operator_class in (LsfJobOperator, LsfTransferOperator):
+    with DAG(f"probe_{operator_class.__name__}", schedule=None, start_date=pendulum.datetime(2024, 1, 1)):
+
+        @task
+        def kwargs() -> list[dict]:
+            return [{"command": COMMAND, "job_name": "seg0510-1", "source": SOURCE, "first_poll_after": 0.0}]
+
+        operator_class.partial(task_id="transfer", poll_interval=0.2).expand_kwargs(kwargs())
+"""
+
+
+def _probe_dags(folder: Path, command: str, source: str, monkeypatch):  # type: ignore[no-untyped-def]
+    """Both operators mapped over kwargs that a task returns (data, as the upload DAG's jobs step returns them),
+    in a DAG bundle of their own (dag.test() runs only DAGs it finds in a bundle)."""
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder.mkdir()
+    (folder / "probe_transfer.py").write_text(f"COMMAND = {command!r}\nSOURCE = {source!r}\n" + PROBE_DAG)
+    bundles = [
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+        {
+            "name": "probe",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(folder)},
+        },
+    ]
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+    return DagBag(dag_folder=str(folder)).dags
+
+
+@pytest.mark.parametrize(
+    "payload", ["{{ 7*7 }}", "{{ conn.hortacloud_s3.password }}", "{% if true %}x{% endif %}", "{# c #}y"]
+)
+def test_transfer_kwargs_are_data_never_templates(airflow_db, lsf, tmp_path, monkeypatch, payload):  # type: ignore[no-untyped-def]
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    command = f"echo {payload}"
+    dags = _probe_dags(tmp_path / "probe", command, f"/data/{payload}", monkeypatch)
+    run = dags["probe_LsfTransferOperator"].test()
+    assert str(run.state) == "success"
+    (argv,) = lsf.calls("bsub")
+    assert argv[-1] == command  # used exactly as built: not rendered
+    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "transfer"]
+    assert RenderedTaskInstanceFields.get_templated_fields(ti) in (None, {})
+
+    # The same kwargs through the templated LsfJobOperator are rendered: the guard above is what makes the difference.
+    if payload == "{{ 7*7 }}":
+        dags["probe_LsfJobOperator"].test()
+        assert lsf.calls("bsub")[-1][-1] == "echo 49"

@@ -17,11 +17,11 @@ from hortacloud.sample import InvalidRequest
     ("sample", "message"),
     [
         ("2023-02-30", "not a calendar date"),
-        ("../x", "expected YYYY-MM-DD"),
-        ("2023-05-10; rm -rf ~", "expected YYYY-MM-DD"),
-        ("2023-5-10", "expected YYYY-MM-DD"),
-        (20230510, "expected YYYY-MM-DD"),
-        (None, "expected YYYY-MM-DD"),
+        ("../x", "expected a sample date as YYYY-MM-DD"),
+        ("2023-05-10; rm -rf ~", "expected a sample date as YYYY-MM-DD"),
+        ("2023-5-10", "expected a sample date as YYYY-MM-DD"),
+        (20230510, "expected a sample date as YYYY-MM-DD"),
+        (None, "expected a sample date as YYYY-MM-DD"),
     ],
 )
 def test_bad_samples_are_refused_with_the_value_named(sample: object, message: str) -> None:
@@ -36,17 +36,29 @@ def test_bad_samples_are_refused_with_the_value_named(sample: object, message: s
         ({"products": ["images", "movies"]}, r"Unknown product\(s\) \['movies'\]"),
         ({"products": []}, "No product chosen"),
         ({"products": "images"}, "is not a list"),
-        ({"segmentation_dirs": ["../etc"]}, "not a folder below the sample folder"),
-        ({"segmentation_dirs": ["/abs"]}, "not a folder below the sample folder"),
-        ({"segmentation_dirs": []}, "non-empty list"),
+        ({"products": ["images", "images"]}, "names a product twice"),
+        ({"segmentation_dirs": ["../etc"]}, "'../etc' is not a folder name"),
+        ({"segmentation_dirs": ["/abs"]}, "'/abs' is not a folder name"),
+        ({"segmentation_dirs": ["."]}, "'.' is not a folder name"),
+        ({"segmentation_dirs": []}, "is not a list of 1 to 64 folder names"),
+        ({"segmentation_dirs": ["a", "a"]}, "names a folder twice"),
         ({"image_base": "relative/path"}, "not an absolute folder path"),
-        ({"image_base": "/nrs/../etc"}, "must not contain '..'"),
+        ({"image_base": "/nrs/../etc"}, "the part '..' is not a folder name"),
         ({"dry_run": "yes"}, "not true or false"),
+        ({"segmentaton_dirs": ["x"]}, r"Unknown trigger value\(s\) \['segmentaton_dirs'\]"),
     ],
 )
 def test_bad_values_are_refused(params: dict, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         parse_request({"sample": "2023-05-10", **params})
+
+
+def test_image_base_is_normalised_and_an_empty_one_means_none() -> None:
+    assert parse_request({"sample": "2023-05-10", "image_base": "//nrs//mouselight/SAMPLES/"}).image_base == (
+        "/nrs/mouselight/SAMPLES"
+    )
+    assert parse_request({"sample": "2023-05-10", "image_base": ""}).image_base is None
+    assert parse_request({"sample": "2023-05-10", "image_base": None}).image_base is None
 
 
 def test_products_come_back_in_table_order() -> None:
