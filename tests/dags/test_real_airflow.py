@@ -123,7 +123,11 @@ def test_only_loopback_listeners(stack: AirflowStack) -> None:
     assert all(listener.address == "127.0.0.1" for listener in listeners), listeners
 
 
-def test_no_secret_in_logs_or_command_lines(stack: AirflowStack, api: AirflowClient, s3_server: S3Endpoint) -> None:
+def test_no_secret_in_logs_or_command_lines(
+    stack: AirflowStack, api: AirflowClient, s3_server: S3Endpoint, e2e_lsf: Emulator
+) -> None:
+    """Whatever the confs of this session's runs said (the hostile corpus included), no secret is in a task log, on
+    an Airflow command line, or in any argument of any LSF command (a job's command line, -J name, -o path)."""
     secrets = [api._password, s3_server.secret_key]
     for path in stack.logs_folder.rglob("*"):
         if path.is_file():
@@ -135,6 +139,10 @@ def test_no_secret_in_logs_or_command_lines(stack: AirflowStack, api: AirflowCli
         except OSError:
             continue
         assert not any(secret in cmdline for secret in secrets), f"a secret is on the command line of {pid}"
+    submitted = [call["argv"] for call in e2e_lsf.calls()]
+    assert any(argv[0] == "bsub" for argv in submitted), "no LSF job was submitted in this session"
+    for argv in submitted:
+        assert not any(secret in word for secret in secrets for word in argv), argv
 
 
 def test_two_runs_for_one_sample_share_the_live_transfer(api: AirflowClient, e2e_lsf: Emulator) -> None:

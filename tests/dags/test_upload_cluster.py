@@ -193,16 +193,19 @@ def _probe_dags(folder: Path, command: str, source: str, monkeypatch):  # type: 
 def test_transfer_kwargs_are_data_never_templates(airflow_db, lsf, tmp_path, monkeypatch, payload):  # type: ignore[no-untyped-def]
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
 
+    secret = "s3cr3t-" + tmp_path.name
+    monkeypatch.setenv("AIRFLOW_CONN_HORTACLOUD_S3", f'{{"conn_type": "aws", "login": "key", "password": "{secret}"}}')
     command = f"echo {payload}"
     dags = _probe_dags(tmp_path / "probe", command, f"/data/{payload}", monkeypatch)
     run = dags["probe_LsfTransferOperator"].test()
     assert str(run.state) == "success"
     (argv,) = lsf.calls("bsub")
     assert argv[-1] == command  # used exactly as built: not rendered
+    assert not any(secret in word for word in argv)
     (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "transfer"]
     assert RenderedTaskInstanceFields.get_templated_fields(ti) in (None, {})
 
     # The same kwargs through the templated LsfJobOperator are rendered: the guard above is what makes the difference.
-    if payload == "{{ 7*7 }}":
+    if payload in ("{{ 7*7 }}", "{{ conn.hortacloud_s3.password }}"):
         dags["probe_LsfJobOperator"].test()
-        assert lsf.calls("bsub")[-1][-1] == "echo 49"
+        assert lsf.calls("bsub")[-1][-1] == {"{{ 7*7 }}": "echo 49"}.get(payload, f"echo {secret}")
