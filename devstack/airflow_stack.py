@@ -1,6 +1,6 @@
 """A real Airflow 3.3.2 on 127.0.0.1: api-server, scheduler, dag-processor and triggerer, plus a small REST client.
 
-Follows shared/reference/local-services.md §2: the components are started one by one (never ``airflow
+Follows docs/local-stack.md: the components are started one by one (never ``airflow
 standalone``, whose log servers bind 0.0.0.0), scheduler and triggerer with ``--skip-serve-logs``, the api-server
 with ``-H 127.0.0.1``. The simple auth manager reads a passwords file written here before start, so the password
 is never printed and never on a command line. Each component is a :class:`~devstack.procs.ManagedProcess`: its own
@@ -141,12 +141,14 @@ class AirflowStack:
 
     @property
     def url(self) -> str:
+        """The api-server's base URL; RuntimeError before ``start()``."""
         if self.port is None:
             raise RuntimeError("AirflowStack is not started")
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def passwords_file(self) -> Path:
+        """The simple auth manager's generated passwords (JSON, user -> password), where the admin's is."""
         return self.home / PASSWORDS_FILE
 
     @property
@@ -329,10 +331,12 @@ class AirflowStack:
         return listening_sockets(self.pids())
 
     def stop(self, grace: float = 10.0) -> None:
-        """End every process of the stack: SIGTERM to each component's process group; after up to 3 s a second
-        SIGTERM (the triggerer and scheduler then stop waiting for triggers and tasks); SIGKILL to the groups
-        after about ``grace`` s in all; finally any descendant still alive (task processes run in process groups
-        of their own) is killed by PID. Takes 3-6 s here."""
+        """End every process of the stack; takes 3-6 s here.
+
+        SIGTERM to each component's process group; after up to 3 s a second SIGTERM (the triggerer and scheduler
+        then stop waiting for triggers and tasks); SIGKILL to the groups after about ``grace`` s in all; finally any
+        descendant still alive (task processes run in process groups of their own) is killed by PID.
+        """
         if not self.processes:
             return
         began = time.monotonic()
@@ -549,6 +553,7 @@ class AirflowClient:
         return found
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
+        """Pause or unpause the DAG (``PATCH /api/v2/dags/<id>``)."""
         self.request("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": paused})
 
     def unpause(self, dag_id: str) -> None:
@@ -556,6 +561,7 @@ class AirflowClient:
         self.set_paused(dag_id, False)
 
     def pause(self, dag_id: str) -> None:
+        """``PATCH /api/v2/dags/<id>`` with ``is_paused: true``: the scheduler creates no new run of it."""
         self.set_paused(dag_id, True)
 
     def ensure_pool(self, name: str, slots: int, description: str = "") -> None:
@@ -573,18 +579,23 @@ class AirflowClient:
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> str:
         """Start a run with ``conf``; returns its run id. A conf the DAG's Params refuse raises AirflowApiError 400.
 
-        The run stays queued while the DAG is paused (``unpause`` first)."""
+        The run stays queued while the DAG is paused (``unpause`` first).
+        """
         body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
         if run_id:
             body["dag_run_id"] = run_id
         return self.request("POST", f"/api/v2/dags/{_q(dag_id)}/dagRuns", body)["dag_run_id"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """The run as the REST API gives it (``state``, ``run_type``, ``conf``, ...)."""
         return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
 
     def dag_runs(self, dag_id: str, *, run_type: str | None = None, states: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """The DAG's runs, oldest first (paged through); ``run_type`` keeps one kind (``manual``, ``scheduled``,
-        ``asset_triggered``, ``backfill``), ``states`` only runs in those states."""
+        """The DAG's runs, oldest first (paged through).
+
+        ``run_type`` keeps one kind (``manual``, ``scheduled``, ``asset_triggered``, ``backfill``), ``states`` only
+        runs in those states.
+        """
         params: dict[str, Any] = {"limit": 100, "order_by": "id", "state": list(states)}
         if run_type:
             params["run_type"] = run_type
@@ -600,8 +611,10 @@ class AirflowClient:
         return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/assets/queuedEvents")["queued_events"]
 
     def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """The asset events an asset-triggered run consumed (``name``, ``source_dag_id``, ``source_task_id``,
-        ``source_map_index``, ``timestamp``)."""
+        """The asset events an asset-triggered run consumed.
+
+        Each has ``name``, ``source_dag_id``, ``source_task_id``, ``source_map_index`` and ``timestamp``.
+        """
         path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/upstreamAssetEvents"
         return self.request("GET", path)["asset_events"]
 
@@ -626,8 +639,10 @@ class AirflowClient:
             time.sleep(poll)
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120.0, poll: float = 1.0) -> str:
-        """Wait until the run is ``success`` or ``failed`` and return that state; TimeoutError with the task
-        states if it is still going after ``timeout`` s."""
+        """Wait until the run is ``success`` or ``failed`` and return that state.
+
+        TimeoutError, with the task states, if it is still going after ``timeout`` s.
+        """
         deadline = time.monotonic() + timeout
         while True:
             state = self.dag_run(dag_id, run_id)["state"]
@@ -661,6 +676,7 @@ class AirflowClient:
                 return found
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """One task instance as the REST API gives it (``map_index`` -1 for an unmapped task)."""
         path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
         return self.request("GET", path if map_index < 0 else f"{path}/{map_index}")
 
@@ -674,8 +690,10 @@ class AirflowClient:
         map_index: int = -1,
         timeout: float = 60.0,
     ) -> str:
-        """Wait until the task instance is in one of ``states`` (e.g. ``{"deferred"}``) and return it; fails fast
-        if it finishes in another state."""
+        """Wait until the task instance is in one of ``states`` (e.g. ``{"deferred"}``) and return that state.
+
+        Fails fast if it finishes in another state.
+        """
         wanted = set(states)
         deadline = time.monotonic() + timeout
         while True:
@@ -719,6 +737,7 @@ class AirflowClient:
         self.request("PATCH", path, {"new_state": state})
 
     def mark_task_failed(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        """Mark the task instance failed, as "Mark failed" in the UI does (see ``set_task_state``)."""
         self.set_task_state(dag_id, run_id, task_id, "failed", map_index)
 
     def clear_tasks(

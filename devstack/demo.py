@@ -70,6 +70,7 @@ def make_site(site: Path) -> dict[str, Any]:
 
 
 def write_config(path: Path, site: Path, lsf_output: Path) -> None:
+    """Write the demo's hortacloud config: the generated site's roots, and LSF jobs that run this project's sync."""
     path.write_text(
         site_toml(
             {
@@ -83,7 +84,7 @@ def write_config(path: Path, site: Path, lsf_output: Path) -> None:
     )
 
 
-def show_bucket(client) -> None:  # type: ignore[no-untyped-def]
+def show_bucket(client: Any) -> None:
     """What landed: a line per product prefix with object count and size, then a few keys of each."""
     groups: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
@@ -102,7 +103,7 @@ def show_bucket(client) -> None:  # type: ignore[no-untyped-def]
             print(f"      ... and {len(objects) - 3} more")
 
 
-def show_object_head(client, key: str, lines: int = 14) -> None:  # type: ignore[no-untyped-def]
+def show_object_head(client: Any, key: str, lines: int = 14) -> None:
     """The first ``lines`` lines of one object, or that it is missing."""
     try:
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
@@ -147,6 +148,7 @@ def show_metadata_runs(client: AirflowClient, runs: list[dict[str, Any]]) -> boo
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the whole demo; 0 when the upload run and every asset-triggered metadata run succeeded."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     parser.add_argument("--keep-running", action="store_true", help="leave the stack up until Ctrl-C")

@@ -206,6 +206,7 @@ class NeuronBrowserServer(ServerHandle):
 
     @property
     def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``, the root the GraphQL and control endpoints hang off."""
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
@@ -221,6 +222,7 @@ class NeuronBrowserServer(ServerHandle):
         return json.dumps(conn)
 
     def start(self, timeout: float = 30.0) -> NeuronBrowserServer:
+        """Start on a free port; returns once the control endpoint answers."""
         import sys
 
         self.port = free_port()
@@ -251,6 +253,7 @@ class NeuronBrowserServer(ServerHandle):
         return self._control(change)
 
     def state(self) -> dict[str, Any]:
+        """The server's fault settings and what it has seen (request count, Authorization headers)."""
         return self._control(None)
 
     def __enter__(self) -> NeuronBrowserServer:
@@ -258,6 +261,7 @@ class NeuronBrowserServer(ServerHandle):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: serve the fixture on ``--port`` until killed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fixture", type=Path, required=True, help="JSON with injections (and brainAreas)")

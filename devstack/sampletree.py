@@ -37,6 +37,7 @@ def block_key(path: tuple[str, ...]) -> str:
 
 
 def write_random(path: Path, size: int, rng: random.Random) -> None:
+    """Write ``size`` random bytes to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         remaining = size

@@ -379,6 +379,7 @@ class SshServer(ServerHandle):
 
     @property
     def known_hosts(self) -> Path:
+        """The known_hosts file with the server's ``[127.0.0.1]:port`` entry."""
         return self.workdir / "known_hosts"
 
     @property
@@ -413,6 +414,7 @@ class SshServer(ServerHandle):
         }
 
     def connection_json(self, **extra: Any) -> str:
+        """The Airflow ssh connection as AIRFLOW_CONN_* JSON; ``extra`` adds to its extras."""
         return json.dumps(self.connection(**extra))
 
     def set(self, timeout: float = 5.0, **change: Any) -> None:
@@ -454,6 +456,7 @@ class SshServer(ServerHandle):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: serve SSH on ``--port`` for the one ``--user`` until killed."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
     parser.add_argument("--workdir", type=Path, required=True, help="keys, known_hosts, control.json, events.jsonl")

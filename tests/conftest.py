@@ -1,6 +1,6 @@
 """Test environment: an Airflow home of its own (set before anything imports airflow) and the local servers.
 
-Layers (STYLE.md point 11): tests/unit (pure), tests/component (real local servers), tests/dags (dag.test()
+Layers: tests/unit (pure), tests/component (real local servers), tests/dags (dag.test()
 and a real Airflow).
 """
 
@@ -23,6 +23,7 @@ os.environ.pop("HORTACLOUD_CONFIG", None)
 
 import pytest  # noqa: E402
 
+from devstack.lsf import Emulator  # noqa: E402
 from devstack.neuronbrowser import NeuronBrowserServer  # noqa: E402
 from devstack.s3server import S3Endpoint, SeaweedS3  # noqa: E402
 
@@ -53,6 +54,24 @@ def nb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronBrowse
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def lsf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """The LSF emulator on PATH with a state folder of its own, as a client host would have LSF; its jobs are
+    killed by PID at the end. The code under test finds ``bsub``, ``bjobs``, ``bkill`` and ``bhist`` on PATH and
+    knows nothing of the emulator."""
+    emulator = Emulator(tmp_path / "lsf-state")
+    for name in list(os.environ):
+        if name.startswith("FAKE_LSF_") or name in ("BSUB_STDERR", "LSB_SUBK_SHOW_EXEC_HOST"):
+            monkeypatch.delenv(name)
+    for name, value in emulator.env().items():
+        if os.environ.get(name) != value:
+            monkeypatch.setenv(name, value)
+    # Short defaults so hangs end quickly even if a test forgets a timeout.
+    emulator.set_knobs(FAKE_LSF_HANG_SECONDS=20, FAKE_LSF_TERMINATE_INTERVAL=0.2)
+    yield emulator
+    emulator.cleanup()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """An IBM LSF emulator (bsub, bjobs, bkill, bhist) for tests and the demo: LSF cannot be installed here.
 
 The executables in ``devstack/lsf/bin`` behave like the real commands as described in
-shared/reference/lsf-behaviour.md (strings, streams, exit codes), keep their state in ``$FAKE_LSF_DIR`` and are
+docs/lsf-behaviour.md (strings, streams, exit codes), keep their state in ``$FAKE_LSF_DIR`` and are
 tuned with ``FAKE_LSF_*`` knobs (README.md in this folder). ``Emulator`` is the helper tests use.
 """
 

@@ -1,4 +1,4 @@
-"""bhist: job history, which outlives CLEAN_PERIOD. Formats as in shared/reference/lsf-behaviour.md A.4."""
+"""bhist: job history, which outlives CLEAN_PERIOD. Formats as in docs/lsf-behaviour.md A.4."""
 
 from __future__ import annotations
 
@@ -107,45 +107,67 @@ def _long(ctx: Context, job: Job, view: View) -> list[str]:
     return lines
 
 
+def _job_ids(operands: list[str]) -> tuple[list[int], str | None]:
+    """The job ids the operands name (0 included), or the first operand that is not a job id."""
+    ids: list[int] = []
+    for operand in operands:
+        job_id = parse_job_id(operand)
+        if job_id is None:
+            return ids, operand
+        ids.append(job_id)
+    return ids, None
+
+
+def _shown(options: dict[str, list[str]], by_id: bool, job: Job, view: View) -> bool:
+    """Whether the job is listed: without ids only unfinished jobs (-a adds finished ones, -d keeps only those); -J."""
+    if not by_id:
+        if "-a" not in options and "-d" not in options and view.finished:
+            return False
+        if "-d" in options and not view.finished:
+            return False
+    return "-J" not in options or name_matches(options["-J"][-1], job.name)
+
+
+def _rows(ctx: Context, options: dict[str, list[str]], ids: list[int]) -> list[tuple[Job, View]]:
+    """The jobs to report and their views: the given ids, else every job, filtered; none if bhist knows no jobs."""
+    rows: list[tuple[Job, View]] = []
+    if not ctx.knobs.flag("FAKE_LSF_BHIST_KNOWS"):
+        return rows
+    if ids:
+        jobs = [job for job in (ctx.state.load(job_id) for job_id in ids) if job is not None]
+    else:
+        jobs = ctx.state.all_jobs()
+    for job in jobs:
+        view = view_of(ctx, job)
+        if _shown(options, bool(ids), job, view):
+            rows.append((job, view))
+    return rows
+
+
+def _long_blocks(ctx: Context, rows: list[tuple[Job, View]]) -> list[str]:
+    """The ``-l`` output: each job's block, with a line of dashes between two jobs."""
+    lines: list[str] = []
+    for job, view in rows:
+        lines += _long(ctx, job, view)
+        lines.append("-" * 78)
+    return lines[:-1]
+
+
 def run(ctx: Context, args: list[str]) -> int:
     """History of the given jobs, short table or ``-l``; ``No matching job found`` on stdout, 255, if none."""
     options, operands, error = take_options(args, VALUE_OPTIONS, FLAG_OPTIONS, "bhist")
     if error:
         ctx.err(error)
         return LSF_ERROR
-    ids = []
-    for operand in operands:
-        job_id = parse_job_id(operand)
-        if job_id is None:
-            ctx.err(f"{operand}: Illegal job ID.")
-            return LSF_ERROR
-        ids.append(job_id)
-    rows: list[tuple[Job, View]] = []
-    if ctx.knobs.flag("FAKE_LSF_BHIST_KNOWS"):
-        jobs = [job for job in (ctx.state.load(job_id) for job_id in ids) if job is not None] if ids else []
-        if not ids:
-            jobs = ctx.state.all_jobs()
-        for job in jobs:
-            view = view_of(ctx, job)
-            if not ids:
-                if "-a" not in options and "-d" not in options and view.finished:
-                    continue
-                if "-d" in options and not view.finished:
-                    continue
-            if "-J" in options and not name_matches(options["-J"][-1], job.name):
-                continue
-            rows.append((job, view))
+    ids, bad_operand = _job_ids(operands)
+    if bad_operand is not None:
+        ctx.err(f"{bad_operand}: Illegal job ID.")
+        return LSF_ERROR
+    rows = _rows(ctx, options, ids)
     if not rows:
         ctx.out("No matching job found")
         return LSF_ERROR
-    lines: list[str] = []
-    if "-l" in options:
-        for job, view in rows:
-            lines += _long(ctx, job, view)
-            lines.append("-" * 78)
-        lines = lines[:-1]
-    else:
-        lines = _short(ctx, rows)
+    lines = _long_blocks(ctx, rows) if "-l" in options else _short(ctx, rows)
     for line in lines:
         ctx.out(line)
     return 0

@@ -1,4 +1,4 @@
-"""bkill: kill or signal jobs. Messages and exit codes as in shared/reference/lsf-behaviour.md A.3."""
+"""bkill: kill or signal jobs. Messages and exit codes as in docs/lsf-behaviour.md A.3."""
 
 from __future__ import annotations
 
@@ -67,6 +67,39 @@ def _record_kill(ctx: Context, job: Job, kind: str, signum: int | None) -> None:
     ctx.state.update(job.id, change)
 
 
+def _signal_option(options: dict[str, list[str]]) -> tuple[int | None, str | None]:
+    """The signal number -s asks for (None without -s), or LSF's error for a signal it does not know."""
+    if "-s" not in options:
+        return None, None
+    signum = signal_number(options["-s"][-1])
+    if signum is None:
+        return None, f"{options['-s'][-1]}: Illegal signal value"
+    return signum, None
+
+
+def _job_ids(ctx: Context, options: dict[str, list[str]], operands: list[str]) -> tuple[list[int], str | None]:
+    """The ids to kill: the operands (0: every unfinished job), then the unfinished jobs -J names; or LSF's error."""
+    ids: list[int] = []
+    for operand in operands:
+        job_id = parse_job_id(operand)
+        if job_id is None:
+            return ids, f"{operand}: Illegal job ID."
+        if job_id == 0:
+            ids += [job.id for job in ctx.state.all_jobs() if not view_of(ctx, job).finished]
+        else:
+            ids.append(job_id)
+    if "-J" in options:
+        pattern = options["-J"][-1]
+        named = [job.id for job in ctx.state.all_jobs() if name_matches(pattern, job.name)]
+        named = [job_id for job_id in named if (found := known_job(ctx, job_id)) and not found[1].finished]
+        if not named and not ids:
+            return ids, f"Job <{pattern}>: No matching job found"
+        ids += named
+    if not ids:
+        return ids, USAGE
+    return ids, None
+
+
 def run(ctx: Context, args: list[str]) -> int:
     """Kill the given jobs (or those named by -J, or all with id 0); 255 if any could not be killed."""
     if ctx.state.consume("FAKE_LSF_BKILL_HANG"):
@@ -78,32 +111,13 @@ def run(ctx: Context, args: list[str]) -> int:
     if "-d" in options and not ctx.knobs.flag("FAKE_LSF_BKILL_D_SUPPORTED"):
         ctx.err(f"bkill: Illegal option -- d\n{USAGE}")
         return LSF_ERROR
-    signum = None
-    if "-s" in options:
-        signum = signal_number(options["-s"][-1])
-        if signum is None:
-            ctx.err(f"{options['-s'][-1]}: Illegal signal value")
-            return LSF_ERROR
-    ids: list[int] = []
-    for operand in operands:
-        job_id = parse_job_id(operand)
-        if job_id is None:
-            ctx.err(f"{operand}: Illegal job ID.")
-            return LSF_ERROR
-        if job_id == 0:
-            ids += [job.id for job in ctx.state.all_jobs() if not view_of(ctx, job).finished]
-        else:
-            ids.append(job_id)
-    if "-J" in options:
-        pattern = options["-J"][-1]
-        named = [job.id for job in ctx.state.all_jobs() if name_matches(pattern, job.name)]
-        named = [job_id for job_id in named if (found := known_job(ctx, job_id)) and not found[1].finished]
-        if not named and not ids:
-            ctx.err(f"Job <{pattern}>: No matching job found")
-            return LSF_ERROR
-        ids += named
-    if not ids:
-        ctx.err(USAGE)
+    signum, error = _signal_option(options)
+    if error:
+        ctx.err(error)
+        return LSF_ERROR
+    ids, error = _job_ids(ctx, options, operands)
+    if error:
+        ctx.err(error)
         return LSF_ERROR
     ok = True
     for job_id in dict.fromkeys(ids):

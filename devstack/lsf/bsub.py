@@ -1,4 +1,4 @@
-"""bsub: submit a job. Messages, streams and exit codes as in shared/reference/lsf-behaviour.md A.1."""
+"""bsub: submit a job. Messages, streams and exit codes as in docs/lsf-behaviour.md A.1."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 from devstack.lsf import runner
 from devstack.lsf.cli import LSF_ERROR, Context, hang
 from devstack.lsf.common import in_system, view_of
+from devstack.lsf.knobs import Knobs
 from devstack.lsf.model import observe, parse_plan, plan_for
 from devstack.lsf.state import Job
 
@@ -46,7 +48,7 @@ def copy_command(words: list[str]) -> str:
 
 
 def parse(args: list[str]) -> tuple[dict[str, str], list[str], str | None]:
-    """bsub's options (last one wins; -R repeats are joined) and the command words; or an error message."""
+    """The options (last one wins; -R repeats are joined) and the command words of bsub's arguments; or an error."""
     options: dict[str, str] = {}
     index = 0
     while index < len(args):
@@ -172,14 +174,28 @@ def _reject(ctx: Context, message: str) -> int:
     return LSF_ERROR
 
 
-def run(ctx: Context, args: list[str]) -> int:
-    """Validate, store and start a job; print ``Job <N> is submitted to ... queue <q>.``"""
-    if args and args[0] in {"-h", "-V"}:
-        ctx.err(USAGE if args[0] == "-h" else "IBM Spectrum LSF 10.1.0.0 (LSF emulator), Nov 25 2026")
-        return 0 if args[0] == "-V" else LSF_ERROR
+@dataclass
+class _Submission:
+    """A submission that passed every check: what the job record is made from."""
+
+    options: dict[str, str]
+    command: str
+    name: str
+    project: str | None  # as given with -P; the record says "default" when there is none
+    queue: str
+    queue_given: bool  # -q named the queue (else it is the default queue)
+    slots: int
+    runlimit: int | None
+    mode: str
+    plan: list[dict[str, object]] | None
+    pend_seconds: float
+
+
+def _job_command(args: list[str]) -> tuple[dict[str, str], str, str] | str:
+    """The options, the command and the job's default name; with no command, the script on stdin. Or an error."""
     options, words, error = parse(args)
     if error:
-        return _reject(ctx, error)
+        return error
     if words:
         command = copy_command(words)
         default_name = command
@@ -188,58 +204,71 @@ def run(ctx: Context, args: list[str]) -> int:
         command = sys.stdin.read()
         scripted, error = script_options(command)
         if error:
-            return _reject(ctx, error)
+            return error
         options = {**scripted, **options}
         default_name = _script_name(command)
     if not command.strip():
-        return _reject(ctx, f"Empty job. {NOT_SUBMITTED}")
-    knobs = ctx.knobs
+        return f"Empty job. {NOT_SUBMITTED}"
+    return options, command, default_name
 
-    # The site esub runs first, before mbatchd sees anything.
+
+def _site_esub(knobs: Knobs, args: list[str], project: str | None) -> tuple[str, bool] | str:
+    """The site esub, which runs before mbatchd sees anything: (project policy, project bad), or its rejection."""
     reject_regex = knobs.get("FAKE_LSF_ESUB_REJECT_REGEX")
     if reject_regex and re.search(reject_regex, " ".join(["bsub", *args])):
-        return _reject(ctx, f"{knobs.get('FAKE_LSF_ESUB_MESSAGE')}\n{ESUB_ABORT}")
-    project = options.get("-P")
+        return f"{knobs.get('FAKE_LSF_ESUB_MESSAGE')}\n{ESUB_ABORT}"
     policy = knobs.get("FAKE_LSF_PROJECT_POLICY").strip().lower()
     allowed = knobs.words("FAKE_LSF_PROJECTS")
     project_bad = not project or (bool(allowed) and project not in allowed)
     if policy not in {"accept", "reject", "kill"}:
-        return _reject(ctx, f"bsub (LSF emulator): FAKE_LSF_PROJECT_POLICY={policy!r}; use accept, reject or kill")
+        return f"bsub (LSF emulator): FAKE_LSF_PROJECT_POLICY={policy!r}; use accept, reject or kill"
     if project_bad and policy == "reject":
         why = "No project given: submit with -P <project>." if not project else f"Project <{project}> is not valid."
-        return _reject(ctx, f"{why}\n{ESUB_ABORT}")
+        return f"{why}\n{ESUB_ABORT}"
+    return policy, project_bad
 
+
+def _queue(knobs: Knobs, options: dict[str, str]) -> tuple[str, bool] | str:
+    """The job's queue and whether -q named it (else the default queue); or the error for an unknown queue."""
     queues = knobs.words("FAKE_LSF_QUEUES")
     requested = options.get("-q", "").split()
     for queue in requested:
         if queue not in queues:
-            return _reject(ctx, f"{queue}: No such queue. {NOT_SUBMITTED}")
-    queue = requested[0] if requested else knobs.get("FAKE_LSF_DEFAULT_QUEUE")
+            return f"{queue}: No such queue. {NOT_SUBMITTED}"
+    return (requested[0] if requested else knobs.get("FAKE_LSF_DEFAULT_QUEUE")), bool(requested)
 
-    slots = 1
-    if "-n" in options:
-        match = re.fullmatch(r"(\d+)(?:,(\d+))?", options["-n"].strip())
-        if not match or int(match.group(1)) < 1:
-            return _reject(ctx, f"{options['-n']}: Bad argument for option -n. {NOT_SUBMITTED}")
-        slots = int(match.group(2) or match.group(1))
-        max_slots = knobs.integer("FAKE_LSF_MAX_SLOTS")
-        if max_slots is not None and int(match.group(1)) > max_slots:
-            return _reject(ctx, f"Too many processors requested. {NOT_SUBMITTED}")
-        slots = min(slots, max_slots) if max_slots is not None else slots
-    runlimit = None
-    if "-W" in options:
-        runlimit = runlimit_minutes(options["-W"])
-        if runlimit is None:
-            return _reject(ctx, f"{options['-W']}: Bad RUNLIMIT specification. {NOT_SUBMITTED}")
-        hard = knobs.integer("FAKE_LSF_RUNLIMIT_MAX")
-        if hard is not None and runlimit > hard:
-            return _reject(ctx, f"RUNLIMIT: Cannot exceed queue's hard limit(s). {NOT_SUBMITTED}")
-    if "-R" in options:
-        problem = _resource_error(options["-R"])
-        if problem:
-            return _reject(ctx, problem)
 
-    name = options.get("-J", default_name)
+def _slots(knobs: Knobs, options: dict[str, str]) -> int | str:
+    """The job's slots: 1, or -n ``min[,max]``'s max capped at FAKE_LSF_MAX_SLOTS; or the error for a bad -n."""
+    if "-n" not in options:
+        return 1
+    match = re.fullmatch(r"(\d+)(?:,(\d+))?", options["-n"].strip())
+    if not match or int(match.group(1)) < 1:
+        return f"{options['-n']}: Bad argument for option -n. {NOT_SUBMITTED}"
+    slots = int(match.group(2) or match.group(1))
+    max_slots = knobs.integer("FAKE_LSF_MAX_SLOTS")
+    if max_slots is not None and int(match.group(1)) > max_slots:
+        return f"Too many processors requested. {NOT_SUBMITTED}"
+    return min(slots, max_slots) if max_slots is not None else slots
+
+
+def _runlimit(knobs: Knobs, options: dict[str, str]) -> int | str | None:
+    """The -W run limit in minutes (None without -W); or the error for a malformed or too long limit."""
+    if "-W" not in options:
+        return None
+    runlimit = runlimit_minutes(options["-W"])
+    if runlimit is None:
+        return f"{options['-W']}: Bad RUNLIMIT specification. {NOT_SUBMITTED}"
+    hard = knobs.integer("FAKE_LSF_RUNLIMIT_MAX")
+    if hard is not None and runlimit > hard:
+        return f"RUNLIMIT: Cannot exceed queue's hard limit(s). {NOT_SUBMITTED}"
+    return runlimit
+
+
+def _mode_and_plan(
+    knobs: Knobs, options: dict[str, str], name: str, policy: str, project_bad: bool
+) -> tuple[str, list[dict[str, object]] | None, float]:
+    """How the job runs (held, scripted or real), its plan if scripted, and FAKE_LSF_PEND_SECONDS."""
     plan = plan_for(name, knobs)
     mode = "held" if "-H" in options else ("scripted" if plan else "real")
     pend_seconds = knobs.number("FAKE_LSF_PEND_SECONDS")
@@ -248,7 +277,54 @@ def run(ctx: Context, args: list[str]) -> int:
         admin_after = knobs.number("FAKE_LSF_ADMIN_KILL_AFTER")
         plan = parse_plan(f"PEND:{pend_seconds},RUN:{admin_after},EXIT:130:TERM_ADMIN", "FAKE_LSF_PROJECT_POLICY")
         mode = "scripted"
+    return mode, plan, pend_seconds
 
+
+def _check(ctx: Context, args: list[str]) -> _Submission | str:
+    """Every check bsub and mbatchd make, in LSF's order; the submission, or LSF's message for the first failure."""
+    command_found = _job_command(args)
+    if isinstance(command_found, str):
+        return command_found
+    options, command, default_name = command_found
+    knobs = ctx.knobs
+    esub = _site_esub(knobs, args, options.get("-P"))
+    if isinstance(esub, str):
+        return esub
+    policy, project_bad = esub
+    queued = _queue(knobs, options)
+    if isinstance(queued, str):
+        return queued
+    queue, queue_given = queued
+    slots = _slots(knobs, options)
+    if isinstance(slots, str):
+        return slots
+    runlimit = _runlimit(knobs, options)
+    if isinstance(runlimit, str):
+        return runlimit
+    problem = _resource_error(options["-R"]) if "-R" in options else None
+    if problem:
+        return problem
+    name = options.get("-J", default_name)
+    mode, plan, pend_seconds = _mode_and_plan(knobs, options, name, policy, project_bad)
+    return _Submission(
+        options=options,
+        command=command,
+        name=name,
+        project=options.get("-P"),
+        queue=queue,
+        queue_given=queue_given,
+        slots=slots,
+        runlimit=runlimit,
+        mode=mode,
+        plan=plan,
+        pend_seconds=pend_seconds,
+    )
+
+
+def _store(ctx: Context, submission: _Submission) -> Job:
+    """Allocate the job's id and save its record, under the state lock; the record."""
+    options = submission.options
+    knobs = ctx.knobs
     submit_cwd = os.getcwd()
     state = ctx.state
     with state.locked():
@@ -268,54 +344,72 @@ def run(ctx: Context, args: list[str]) -> int:
         err_spec = options.get("-eo", options.get("-e"))
         job = Job(
             id=job_id,
-            name=name,
+            name=submission.name,
             user=getpass.getuser(),
-            queue=queue,
-            project=project or "default",
-            command=command,
+            queue=submission.queue,
+            project=submission.project or "default",
+            command=submission.command,
             cwd=cwd,
             submit_time=now,
             submit_host=knobs.get("FAKE_LSF_SUBMIT_HOST"),
             exec_host=knobs.get("FAKE_LSF_EXEC_HOST"),
-            slots=slots,
-            runlimit_minutes=runlimit,
+            slots=submission.slots,
+            runlimit_minutes=submission.runlimit,
             mem_limit=options.get("-M", ""),
             resources=[options["-R"]] if "-R" in options else [],
             out_path=output_path(out_spec, job_id, cwd, "out") if out_spec else None,
             err_path=output_path(err_spec, job_id, cwd, "err") if err_spec else None,
             out_overwrite="-oo" in options,
             err_overwrite="-eo" in options,
-            mode=mode,
-            plan=plan,
-            pend_seconds=pend_seconds,
+            mode=submission.mode,
+            plan=submission.plan,
+            pend_seconds=submission.pend_seconds,
         )
         # A reused id replaces the old record; its spool and report files belong to the old job.
         (state.spool_dir / f"{job_id}.out").unlink(missing_ok=True)
         state.save(job)
-    if mode == "real":
-        pid = runner.spawn(state, job, job_environment(options.get("-env")))
-        state.update(job_id, lambda record: setattr(record, "runner_pid", record.runner_pid or pid))
+    return job
+
+
+def _announce(ctx: Context, submission: _Submission, job_id: int) -> None:
+    """Print any esub chatter and ``Job <N> is submitted to ...``: on stdout, or on stderr with BSUB_STDERR set."""
+    stream = ctx.err if os.environ.get("BSUB_STDERR") else ctx.out
+    chatter = ctx.knobs.get("FAKE_LSF_ESUB_CHATTER").strip()
+    if chatter:
+        stream(f"Job is submitted to <{submission.project or 'default'}> project." if chatter == "1" else chatter)
+    if submission.queue_given:
+        stream(f"Job <{job_id}> is submitted to queue <{submission.queue}>.")
+    else:
+        stream(f"Job <{job_id}> is submitted to default queue <{submission.queue}>.")
+
+
+def run(ctx: Context, args: list[str]) -> int:
+    """Validate, store and start a job; print that it is submitted (``Job <N> is submitted to ... queue <q>.``)."""
+    if args and args[0] in {"-h", "-V"}:
+        ctx.err(USAGE if args[0] == "-h" else "IBM Spectrum LSF 10.1.0.0 (LSF emulator), Nov 25 2026")
+        return 0 if args[0] == "-V" else LSF_ERROR
+    submission = _check(ctx, args)
+    if isinstance(submission, str):
+        return _reject(ctx, submission)
+    job = _store(ctx, submission)
+    state = ctx.state
+    if job.mode == "real":
+        pid = runner.spawn(state, job, job_environment(submission.options.get("-env")))
+        state.update(job.id, lambda record: setattr(record, "runner_pid", record.runner_pid or pid))
 
     if state.consume("FAKE_LSF_SUBMIT_THEN_HANG"):
         # mbatchd took the job but the answer never comes back: the client can only time out (ambiguous submission).
         return hang(ctx)
     if not state.consume("FAKE_LSF_EMPTY_STDOUT_ONCE"):
-        stream = ctx.err if os.environ.get("BSUB_STDERR") else ctx.out
-        chatter = knobs.get("FAKE_LSF_ESUB_CHATTER").strip()
-        if chatter:
-            stream(f"Job is submitted to <{project or 'default'}> project." if chatter == "1" else chatter)
-        if requested:
-            stream(f"Job <{job_id}> is submitted to queue <{queue}>.")
-        else:
-            stream(f"Job <{job_id}> is submitted to default queue <{queue}>.")
+        _announce(ctx, submission, job.id)
     ctx.stdout.flush()
-    if "-K" in options:
-        return _wait_for(ctx, job_id, job.submit_time)
+    if "-K" in submission.options:
+        return _wait_for(ctx, job.id, job.submit_time)
     return 0
 
 
 def _wait_for(ctx: Context, job_id: int, submitted: float) -> int:
-    """bsub -K: block until the job ends; its exit code, or 126 if it was killed while pending."""
+    """The -K wait: block until the job ends; its exit code, or 126 if it was killed while pending."""
     ctx.err("<<Waiting for dispatch ...>>")
     announced = False
     while True:

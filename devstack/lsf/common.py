@@ -35,7 +35,7 @@ def _write_scripted_report(state: StateDir, job: Job, view: View) -> None:
 
 
 def in_system(ctx: Context, job: Job, view: View) -> bool:
-    """mbatchd still knows the job: unfinished, or finished less than FAKE_LSF_CLEAN_PERIOD seconds ago."""
+    """True while mbatchd still knows the job: unfinished, or finished less than FAKE_LSF_CLEAN_PERIOD seconds ago."""
     if not view.finished or view.finish_time is None:
         return True
     return ctx.now - view.finish_time < ctx.knobs.number("FAKE_LSF_CLEAN_PERIOD")

@@ -73,6 +73,14 @@ class Emulator:
         entries = [json.loads(line) for line in lines if line.strip()]
         return [entry for entry in entries if command is None or entry["argv"][0] == command]
 
+    def argvs(self, command: str | None = None) -> list[list[str]]:
+        """The argv of each logged invocation, optionally only of ``command``."""
+        return [call["argv"] for call in self.calls(command)]
+
+    def call_times(self, command: str) -> list[float]:
+        """When (epoch seconds) each run of ``command`` started."""
+        return [float(call["time"]) for call in self.calls(command)]
+
     def jobs(self) -> list[Job]:
         """Every job record, by id."""
         return self.state.all_jobs()
@@ -100,6 +108,21 @@ class Emulator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"LSF emulator job {job_id} still {view.stat} after {timeout}s")
             time.sleep(0.05)
+
+    def reset(self, **knobs: object) -> None:
+        """Forget every job, call and knob (job ids keep counting up, as on a real cluster), then set ``knobs``.
+
+        For a cluster shared by the tests of one Airflow: each test starts from an empty call log.
+        """
+        self.cleanup()
+        with self.state.locked():
+            self.state.calls_log.unlink(missing_ok=True)
+            for path in self.state.jobs_dir.glob("*.json"):
+                path.unlink()
+        self.state.knobs.file.unlink(missing_ok=True)
+        self.state.reset_counters()
+        if knobs:
+            self.set_knobs(**knobs)
 
     def cleanup(self) -> list[int]:
         """SIGKILL every job process group and runner still alive; returns the pids signalled."""

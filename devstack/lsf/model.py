@@ -145,7 +145,7 @@ class View:
 
     @property
     def pend_reason(self) -> str:
-        """bjobs' pend_reason text for a pending state, else ""."""
+        """The pend_reason text bjobs shows for a pending state, else ""."""
         return PEND_REASONS.get(self.stat, "")
 
 
@@ -197,43 +197,68 @@ def parse_unknown(text: str) -> tuple[float, float] | None:
 
 
 def _observe_real(job: Job, now: float, kill_delay: float, unknown: tuple[float, float] | None = None) -> View:
+    """A real job's state at ``now``: PEND until the runner starts it, then RUN (or UNKWN), then how it ended."""
     if job.start_time is None:
         timeline: list[tuple[str, float, float | None]] = [("PEND", job.submit_time, None)]
         if job.kill_time is not None:
             return _killed_pending(job, timeline, job.kill_time)
         return View("PEND", None, "", None, None, timeline)
     timeline = [("PEND", job.submit_time, job.start_time)]
+    shown_end = _shown_end(job, kill_delay)
+    if shown_end is None or shown_end > now:
+        return _observe_running(job, job.start_time, now, timeline, unknown)
+    timeline.append(("RUN", job.start_time, shown_end))
+    stat, code, reason = _real_outcome(job)
+    return View(stat, code, reason, job.start_time, shown_end, timeline)
+
+
+def _shown_end(job: Job, kill_delay: float) -> float | None:
+    """When a started real job is seen to end; None while it has not.
+
+    Its finish, but not before ``kill_delay`` after a bkill; for bkill -r (force) the kill itself at the latest.
+    """
     shown_end = job.finish_time
     if shown_end is not None and job.kill_time is not None and job.kill_kind != "force":
         # LSF: "for a short period of time after bkill, bjobs may still report that the job is running".
         shown_end = max(shown_end, job.kill_time + kill_delay)
     if job.kill_kind == "force" and job.kill_time is not None:
         shown_end = job.kill_time if shown_end is None else min(shown_end, job.kill_time)
-    if shown_end is None or shown_end > now:
-        timeline.append(("RUN", job.start_time, None))
-        if job.finish_time is None and job.runner_pid is not None and not running(job.runner_pid):
-            # The runner (our sbatchd) is gone without recording an end: mbatchd has lost contact.
-            timeline[-1] = ("UNKWN", job.start_time, None)
-            return View("UNKWN", None, "", job.start_time, None, timeline)
-        if unknown is not None and now >= job.start_time + unknown[0]:
-            lost, found = job.start_time + unknown[0], job.start_time + unknown[0] + unknown[1]
-            timeline[-1] = ("RUN", job.start_time, lost)
-            if now < found:
-                timeline.append(("UNKWN", lost, None))
-                return View("UNKWN", None, "", job.start_time, None, timeline)
-            timeline += [("UNKWN", lost, found), ("RUN", found, None)]
-        return View("RUN", None, "", job.start_time, None, timeline)
-    timeline.append(("RUN", job.start_time, shown_end))
+    return shown_end
+
+
+def _observe_running(
+    job: Job,
+    start_time: float,
+    now: float,
+    timeline: list[tuple[str, float, float | None]],
+    unknown: tuple[float, float] | None,
+) -> View:
+    """A started real job not yet seen to end: RUN, or UNKWN when its runner is gone or FAKE_LSF_UNKWN_AFTER says."""
+    timeline.append(("RUN", start_time, None))
+    if job.finish_time is None and job.runner_pid is not None and not running(job.runner_pid):
+        # The runner (our sbatchd) is gone without recording an end: mbatchd has lost contact.
+        timeline[-1] = ("UNKWN", start_time, None)
+        return View("UNKWN", None, "", start_time, None, timeline)
+    if unknown is not None and now >= start_time + unknown[0]:
+        lost, found = start_time + unknown[0], start_time + unknown[0] + unknown[1]
+        timeline[-1] = ("RUN", start_time, lost)
+        if now < found:
+            timeline.append(("UNKWN", lost, None))
+            return View("UNKWN", None, "", start_time, None, timeline)
+        timeline += [("UNKWN", lost, found), ("RUN", found, None)]
+    return View("RUN", None, "", start_time, None, timeline)
+
+
+def _real_outcome(job: Job) -> tuple[str, int | None, str]:
+    """Final (stat, exit_code, reason) of a real job that has ended: killed, over its run limit, done or exited."""
     status = job.exit_status
     if job.kill_time is not None:
-        stat, code, reason = _kill_outcome(job, status if status else 130)
-    elif job.runlimit_hit:
-        stat, code, reason = "EXIT", status, REASONS["TERM_RUNLIMIT"]
-    elif status == 0:
-        stat, code, reason = "DONE", None, ""
-    else:
-        stat, code, reason = "EXIT", status, ""
-    return View(stat, code, reason, job.start_time, shown_end, timeline)
+        return _kill_outcome(job, status if status else 130)
+    if job.runlimit_hit:
+        return "EXIT", status, REASONS["TERM_RUNLIMIT"]
+    if status == 0:
+        return "DONE", None, ""
+    return "EXIT", status, ""
 
 
 def _observe_scripted(job: Job, now: float, kill_delay: float) -> View:

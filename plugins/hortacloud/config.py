@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hortacloud.lsf.settings import LsfSettings
+
 ENV_VAR = "HORTACLOUD_CONFIG"
 _DEFAULTS_NAME = "hortacloud.toml"
 
@@ -28,17 +30,23 @@ class _Section(BaseModel):
 
 
 class S3Config(_Section):
+    """``[s3]``: the bucket, and the Airflow connection every read and write goes through."""
+
     conn_id: str = Field(min_length=1)
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class ImagesConfig(_Section):
+    """``[images]``: where a sample's rendered images are found, and what proves their naming is current."""
+
     bases: tuple[str, ...] = Field(min_length=1)
     files: tuple[str, ...]
     root_block: str = Field(min_length=1)
 
 
 class SyncConfig(_Section):
+    """``[sync]``: the images sync engine's concurrency, multipart sizes, checksum and progress pace."""
+
     workers: int = Field(ge=1, le=1024)
     multipart_threshold_mib: int = Field(ge=5)
     part_size_mib: int = Field(ge=5, le=5120)
@@ -47,6 +55,8 @@ class SyncConfig(_Section):
 
 
 class ClusterConfig(_Section):
+    """``[cluster]``: the source roots of the cluster products (registration, segmentation, tracings, carveouts)."""
+
     registration: str
     segmentation: str
     finished_neurons: str
@@ -54,9 +64,10 @@ class ClusterConfig(_Section):
     carveouts: tuple[str, ...]
 
 
-class LsfConfig(_Section):
+class LsfConfig(LsfSettings):
+    """``[lsf]``: the tuning every LSF command and poll uses (``LsfSettings``) and the site's job values."""
+
     conn_id: str = Field(min_length=1)
-    profile: str
     project: str
     slots: int = Field(ge=1)
     queue: str
@@ -65,9 +76,11 @@ class LsfConfig(_Section):
     transfer_command: str = Field(min_length=1)
     aws_profile: str
     pool: str = Field(min_length=1)
-    pool_slots: int = Field(ge=1)
-    poll_interval_seconds: float = Field(gt=0)
-    first_poll_seconds: float = Field(ge=0)
+
+    @property
+    def settings(self) -> LsfSettings:
+        """The tuning alone, as the hook, the operator and the trigger take it."""
+        return LsfSettings.model_validate(self.model_dump(include=set(LsfSettings.model_fields)))
 
 
 NeuronLocation = Literal["Finished_Neurons", "tracing_complete"]
@@ -75,6 +88,8 @@ NEURON_LOCATIONS: tuple[NeuronLocation, ...] = ("Finished_Neurons", "tracing_com
 
 
 class NeuronBrowserConfig(_Section):
+    """``[neuronbrowser]``: the sample-api connection, the nightly schedule and the metadata guard's limits."""
+
     conn_id: str = Field(min_length=1)
     schedule: str = Field(min_length=1)
     locations: tuple[NeuronLocation, ...] = Field(default=NEURON_LOCATIONS, min_length=1)
@@ -88,6 +103,8 @@ class NeuronBrowserConfig(_Section):
 
 
 class AirflowApiConfig(_Section):
+    """``[airflow_api]``: the connection through which tasks write their run's note."""
+
     conn_id: str = Field(min_length=1)
 
 
@@ -114,6 +131,7 @@ class SiteConfig(_Section):
 
     @property
     def tz(self) -> ZoneInfo:
+        """The site's time zone, in which sample dates are read and the nightly schedule runs."""
         return ZoneInfo(self.timezone)
 
 

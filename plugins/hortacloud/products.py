@@ -43,6 +43,7 @@ class Transfer:
     is_file: bool = False
 
     def to_dict(self) -> dict[str, object]:
+        """The transfer as a JSON-able dict (XCom)."""
         return asdict(self)
 
 
@@ -59,6 +60,8 @@ class PlanRequest:
 
 @dataclass
 class ProductPlan:
+    """What resolving one product found: its transfers, and warnings for optional sources that are missing."""
+
     transfers: list[Transfer] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

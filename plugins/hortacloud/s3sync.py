@@ -62,6 +62,8 @@ class LocalFile:
 
 @dataclass(frozen=True)
 class RemoteObject:
+    """An object in S3 below a sync prefix; ``key`` is relative to the prefix."""
+
     key: str
     size: int
     mtime: float
@@ -94,6 +96,7 @@ class SyncSummary:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-able dict (XCom)."""
         return asdict(self)
 
 
@@ -266,8 +269,10 @@ def location_from_boto3_client(client: Any, bucket: str) -> S3Location:
 
 
 def crt_credentials(credentials: Any) -> Any:
-    """An awscrt credentials provider over botocore credentials, refreshed as botocore refreshes them
-    (an assumed role from the connection's role_arn keeps working through long uploads)."""
+    """An awscrt credentials provider over botocore credentials, refreshed as botocore refreshes them.
+
+    An assumed role from the connection's role_arn therefore keeps working through long uploads.
+    """
     from awscrt.auth import AwsCredentials, AwsCredentialsProvider
 
     if credentials is None:
@@ -525,6 +530,7 @@ class SyncEngine:
         yield from merge_join(walk_sorted(item.source, warn), key_ordered(self.s3.list_objects(self.bucket, item.key)))
 
     def plan(self, items: list[SyncItem], spool: Any, summary: SyncSummary, dry_run: bool) -> None:
+        """Pass 1: compare each source with the bucket; spool what must go up and count what is already there."""
         listed = 0
         for item in items:
             for local, remote in self._pairs(item, summary.warnings.append):
@@ -545,6 +551,7 @@ class SyncEngine:
     # -- pass 2: upload ---------------------------------------------------------------------------------------
 
     def upload(self, spool: Any, files: int, total_bytes: int, summary: SyncSummary, label: str) -> list[str]:
+        """Pass 2: upload the spooled files, ``workers`` at a time; return the failures (key: reason)."""
         failures: list[str] = []
         slots = threading.BoundedSemaphore(self.workers)
         in_flight: dict[int, Any] = {}
@@ -585,6 +592,7 @@ class SyncEngine:
     # -- pass 3: verify ---------------------------------------------------------------------------------------
 
     def verify(self, items: list[SyncItem], limit: int = 20) -> list[str]:
+        """Pass 3: list the bucket again; return up to ``limit`` source files missing or of another size there."""
         problems: list[str] = []
         for item in items:
             for local, remote in self._pairs(item, lambda _message: None):

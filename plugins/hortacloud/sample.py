@@ -1,9 +1,9 @@
-"""Checks on what a user types into the trigger form (or sends through the API or CLI).
+r"""Checks on what a user types into the trigger form (or sends through the API or CLI).
 
 Trigger values are data. Each rule exists twice, in the same words: as a JSON-schema ``pattern`` in the DAG's
 Params (so the form and the REST API refuse a bad value with HTTP 400 before a run exists) and as a check here that
 the plan step runs again (a conf that reached the run some other way gets the same answer). The schema patterns end
-in ``$(?!\\n)``: Python's ``$``, which jsonschema uses, also matches before a final newline; the look-ahead closes
+in ``$(?!\n)``: Python's ``$``, which jsonschema uses, also matches before a final newline; the look-ahead closes
 that gap and means nothing to an ECMA-262 engine such as the browser's.
 """
 
@@ -122,8 +122,10 @@ def check_known_keys(values: Iterable[str], known: Sequence[str]) -> None:
 
 
 def _shown(value: object, limit: int = 80) -> str:
-    """``repr`` of a value for an error message, cut short (an oversized value must not flood the log), with the
-    code points of any non-ASCII characters named: a look-alike letter reads like the real one in a message."""
+    """``repr`` of a value for an error message, cut short, with its non-ASCII characters named.
+
+    An oversized value must not flood the log, and a look-alike letter reads like the real one in a message.
+    """
     text = repr(value)
     if len(text) > limit:
         size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as shown"

@@ -10,37 +10,12 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
-from hortacloud.lsf import transfer_command
-from hortacloud.lsf_operator import STATE_KEY, LsfJobOperator
-from hortacloud.lsf_trigger import LsfJobTrigger
-from tests.component.conftest_lsf import *  # noqa: F403
-from tests.component.conftest_lsf import FakeStore, FakeTI, LsfCluster, context_for
-
-FAST: dict[str, Any] = {
-    "task_id": "transfer",
-    "lsf_conn_id": None,
-    "slots": 4,
-    "project": "mouselight",
-    "poll_interval": 0.05,
-    "first_poll_after": 0.0,
-    "not_found_grace": 1.0,
-    "max_poll_failures": 4,
-    "command_timeout": 5.0,
-    "submit_retries": 2,
-    "submit_retry_delay": 0.05,
-    "deferrable": False,
-}
-
-
-def logged(capsys: pytest.CaptureFixture[str]) -> str:
-    """What was logged since the last call (Airflow's structlog writes to stdout)."""
-    captured = capsys.readouterr()
-    return captured.out + captured.err
-
-
-def make_op(**kwargs: Any) -> LsfJobOperator:
-    values = {**FAST, "command": "true", "job_name": "seg0510-1", "source": "/data/seg/1", **kwargs}
-    return LsfJobOperator(**values)
+from devstack.lsf import Emulator
+from hortacloud.lsf.commands import transfer_command
+from hortacloud.lsf.operator import STATE_KEY, LsfJobOperator
+from hortacloud.lsf.trigger import LsfJobTrigger
+from tests.fixtures.lsf_task import FakeStore, FakeTI, context_for, logged, make_op
+from tests.fixtures.waiting import wait_until
 
 
 def run(op: LsfJobOperator, context: dict[str, Any] | None = None) -> Any:
@@ -50,14 +25,14 @@ def run(op: LsfJobOperator, context: dict[str, Any] | None = None) -> Any:
 # -- submission ------------------------------------------------------------------------------------------------------
 
 
-def test_happy_path_default_queue_logs_every_state(lsf: LsfCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="PEND:1.2,RUN:1,DONE")
+def test_happy_path_default_queue_logs_every_state(lsf: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="PEND:1.2,RUN:1,DONE")
     ti = FakeTI()
     result = run(make_op(), context_for(ti))
     assert result["stat"] == "DONE"
     job_id = result["job_id"]
     assert int(job_id) >= 9148559  # 7+ digit ids survive
-    (bsub,) = lsf.calls("bsub")
+    (bsub,) = lsf.argvs("bsub")
     assert bsub == ["bsub", "-J", result["job_name"], "-n", "4", "-P", "mouselight", "true"]
     assert result["job_name"].startswith("seg0510-1.")
     assert ti.xcoms[STATE_KEY]["job_id"] == job_id
@@ -66,10 +41,10 @@ def test_happy_path_default_queue_logs_every_state(lsf: LsfCluster, capsys: pyte
     assert "submitted -> PEND" in log and "PEND -> RUN" in log and "RUN -> DONE" in log
 
 
-def test_named_queue_and_options(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+def test_named_queue_and_options(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     run(make_op(lsf_queue="short", runlimit_minutes=210, output_file=""))
-    (bsub,) = lsf.calls("bsub")
+    (bsub,) = lsf.argvs("bsub")
     assert bsub[bsub.index("-q") + 1] == "short" and bsub[bsub.index("-W") + 1] == "210"
     assert bsub[-1] == "true"
 
@@ -82,15 +57,15 @@ def test_named_queue_and_options(lsf: LsfCluster) -> None:
     ],
     ids=["esub-chatter", "please-wait-noise"],
 )
-def test_extra_lines_around_the_job_line(lsf: LsfCluster, knobs: dict[str, Any]) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.1,DONE", **knobs)
+def test_extra_lines_around_the_job_line(lsf: Emulator, knobs: dict[str, Any]) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.1,DONE", **knobs)
     assert run(make_op())["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
 
 
-def test_bsub_stderr(lsf: LsfCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bsub_stderr(lsf: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BSUB_STDERR", "y")
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     assert run(make_op())["stat"] == "DONE"
 
 
@@ -105,52 +80,52 @@ def test_bsub_stderr(lsf: LsfCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     ids=["no-such-queue", "too-many-processors", "esub", "runlimit"],
 )
 def test_rejection_fails_at_once_with_lsf_words(
-    lsf: LsfCluster, op_kwargs: dict[str, Any], knobs: dict[str, Any], words: str
+    lsf: Emulator, op_kwargs: dict[str, Any], knobs: dict[str, Any], words: str
 ) -> None:
-    lsf.knobs(**knobs)
+    lsf.set_knobs(**knobs)
     with pytest.raises(AirflowFailException, match=words.replace("(", r"\(").replace(")", r"\)")):
         run(make_op(**op_kwargs))
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
 
 
-def test_non_lsf_host_is_retried(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_NONLSF_HOST=1, FAKE_LSF_FAULTS_FOR="bsub")
+def test_non_lsf_host_is_retried(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_NONLSF_HOST=1, FAKE_LSF_FAULTS_FOR="bsub")
     assert run(make_op())["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 2
+    assert len(lsf.argvs("bsub")) == 2
 
 
-def test_empty_bsub_output_finds_the_job_by_name_instead_of_submitting_twice(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.2,DONE", FAKE_LSF_EMPTY_STDOUT_ONCE=1, FAKE_LSF_FAULTS_FOR="bsub")
+def test_empty_bsub_output_finds_the_job_by_name_instead_of_submitting_twice(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.2,DONE", FAKE_LSF_EMPTY_STDOUT_ONCE=1, FAKE_LSF_FAULTS_FOR="bsub")
     assert run(make_op())["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 1
-    assert any("-J" in argv for argv in lsf.calls("bjobs"))
+    assert len(lsf.argvs("bsub")) == 1
+    assert any("-J" in argv for argv in lsf.argvs("bjobs"))
 
 
-def test_ambiguous_submission_is_found_by_name_not_submitted_twice(lsf: LsfCluster) -> None:
+def test_ambiguous_submission_is_found_by_name_not_submitted_twice(lsf: Emulator) -> None:
     # mbatchd accepted the job, then bsub hung without printing the Job line and the client timed out.
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.5,DONE", FAKE_LSF_SUBMIT_THEN_HANG=1, FAKE_LSF_FAULTS_FOR="bsub")
-    result = run(make_op(command_timeout=1.5))
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.5,DONE", FAKE_LSF_SUBMIT_THEN_HANG=1, FAKE_LSF_FAULTS_FOR="bsub")
+    result = run(make_op(command_timeout_seconds=1.5))
     assert result["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 1
-    assert len(list((lsf.state / "jobs").glob("*.json"))) == 1
+    assert len(lsf.argvs("bsub")) == 1
+    assert len(list((lsf.state_dir / "jobs").glob("*.json"))) == 1
 
 
-def test_hanging_bsub_times_out_and_is_retried(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_HANG=1, FAKE_LSF_FAULTS_FOR="bsub")
-    assert run(make_op(command_timeout=1.5))["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 2
+def test_hanging_bsub_times_out_and_is_retried(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_HANG=1, FAKE_LSF_FAULTS_FOR="bsub")
+    assert run(make_op(command_timeout_seconds=1.5))["stat"] == "DONE"
+    assert len(lsf.argvs("bsub")) == 2
 
 
-def test_lsf_down_for_every_submission_fails_retryably(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_DOWN=100, FAKE_LSF_FAULTS_FOR="bsub")
+def test_lsf_down_for_every_submission_fails_retryably(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_DOWN=100, FAKE_LSF_FAULTS_FOR="bsub")
     with pytest.raises(AirflowException, match="LSF is down") as info:
         run(make_op())
     assert not isinstance(info.value, AirflowFailException)
-    assert len(lsf.calls("bsub")) == 3  # first try + submit_retries
+    assert len(lsf.argvs("bsub")) == 3  # first try + submit_retries
 
 
-def test_project_killed_after_dispatch(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PROJECT_POLICY="kill", FAKE_LSF_PROJECTS="other", FAKE_LSF_ADMIN_KILL_AFTER=0.1)
+def test_project_killed_after_dispatch(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PROJECT_POLICY="kill", FAKE_LSF_PROJECTS="other", FAKE_LSF_ADMIN_KILL_AFTER=0.1)
     with pytest.raises(AirflowException, match="TERM_ADMIN"):
         run(make_op())
 
@@ -169,17 +144,17 @@ def test_project_killed_after_dispatch(lsf: LsfCluster) -> None:
     ],
     ids=["exit-1", "killed-while-pending", "memlimit", "runlimit", "unkwn-zombi"],
 )
-def test_failures_carry_job_id_code_and_reason(lsf: LsfCluster, plan: str, words: str) -> None:
-    lsf.knobs(FAKE_LSF_PLAN=plan)
+def test_failures_carry_job_id_code_and_reason(lsf: Emulator, plan: str, words: str) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN=plan)
     with pytest.raises(AirflowException, match=words) as info:
         run(make_op())
     assert "LSF job 91485" in str(info.value)
 
 
-def test_suspended_unknown_and_requeued_keep_waiting(lsf: LsfCluster, capsys: pytest.CaptureFixture[str]) -> None:
+def test_suspended_unknown_and_requeued_keep_waiting(lsf: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     # Held, suspended by the user and by LSF, unknown, then requeued after running: none of them is an end.
     states = ["PEND", "PSUSP", "RUN", "USUSP", "SSUSP", "UNKWN", "PEND", "RUN"]
-    lsf.knobs(FAKE_LSF_PLAN=",".join(f"{state}:0.9" for state in states) + ",DONE")
+    lsf.set_knobs(FAKE_LSF_PLAN=",".join(f"{state}:0.9" for state in states) + ",DONE")
     assert run(make_op())["stat"] == "DONE"
     log = logged(capsys)
     for before, after in zip(states, [*states[1:], "DONE"], strict=True):
@@ -197,17 +172,17 @@ def test_suspended_unknown_and_requeued_keep_waiting(lsf: LsfCluster, capsys: py
     ids=["done", "exit", "lost"],
 )
 def test_job_cleaned_from_bjobs_is_read_from_bhist(
-    lsf: LsfCluster, fmt: str, plan: str, bhist_knows: int, outcome: str
+    lsf: Emulator, fmt: str, plan: str, bhist_knows: int, outcome: str
 ) -> None:
     # The worker was away longer than CLEAN_PERIOD: the first poll already finds the job gone.
-    lsf.knobs(FAKE_LSF_PLAN=plan, FAKE_LSF_CLEAN_PERIOD=0, FAKE_LSF_BHIST_KNOWS=bhist_knows)
-    op = make_op(output_format=fmt, not_found_grace=0.5, poll_interval=0.6)
+    lsf.set_knobs(FAKE_LSF_PLAN=plan, FAKE_LSF_CLEAN_PERIOD=0, FAKE_LSF_BHIST_KNOWS=bhist_knows)
+    op = make_op(output_format=fmt, not_found_grace_seconds=0.5, poll_interval_seconds=0.6)
     if outcome == "DONE":
         assert run(op)["stat"] == "DONE"
     else:
         with pytest.raises(AirflowException, match=outcome):
             run(op)
-    assert lsf.calls("bhist")
+    assert lsf.argvs("bhist")
 
 
 @pytest.mark.parametrize(
@@ -219,36 +194,36 @@ def test_job_cleaned_from_bjobs_is_read_from_bhist(
     ],
     ids=["json-rc255-with-jobid", "json-rc0-without-jobid", "text-rc255"],
 )
-def test_not_found_answers_in_every_dialect(lsf: LsfCluster, knobs: dict[str, Any], fmt: str) -> None:
+def test_not_found_answers_in_every_dialect(lsf: Emulator, knobs: dict[str, Any], fmt: str) -> None:
     # Cleaned at once: every poll gets LSF's not-found answer in this dialect, and only bhist can tell the end.
-    lsf.knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_CLEAN_PERIOD=0, **knobs)
-    assert run(make_op(output_format=fmt, not_found_grace=0.0, poll_interval=0.2))["stat"] == "DONE"
-    assert lsf.calls("bhist"), "the not-found answer was not recognised as such"
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE", FAKE_LSF_CLEAN_PERIOD=0, **knobs)
+    assert run(make_op(output_format=fmt, not_found_grace_seconds=0.0, poll_interval_seconds=0.2))["stat"] == "DONE"
+    assert lsf.argvs("bhist"), "the not-found answer was not recognised as such"
 
 
-def test_transient_bjobs_failures_do_not_end_a_running_job(lsf: LsfCluster) -> None:
+def test_transient_bjobs_failures_do_not_end_a_running_job(lsf: Emulator) -> None:
     # One of each in a row: LSF down, connection reset, a hang, garbage, empty output.
     faults = ("FAKE_LSF_DOWN", "FAKE_LSF_CONN_RESET", "FAKE_LSF_HANG", "FAKE_LSF_GARBAGE_ONCE", "FAKE_LSF_BJOBS_EMPTY")
-    lsf.knobs(FAKE_LSF_PLAN="RUN:2,DONE", FAKE_LSF_FAULTS_FOR="bjobs", **dict.fromkeys(faults, 1))
-    op = make_op(command_timeout=1.5, reattach=False, max_poll_failures=len(faults) + 1)
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:2,DONE", FAKE_LSF_FAULTS_FOR="bjobs", **dict.fromkeys(faults, 1))
+    op = make_op(command_timeout_seconds=1.5, reattach=False, max_poll_failures=len(faults) + 1)
     assert run(op)["stat"] == "DONE"
-    assert len(lsf.calls("bjobs")) >= len(faults) + 1
+    assert len(lsf.argvs("bjobs")) >= len(faults) + 1
 
 
-def test_too_many_consecutive_poll_failures_give_up(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN", FAKE_LSF_DOWN=100, FAKE_LSF_FAULTS_FOR="bjobs")
+def test_too_many_consecutive_poll_failures_give_up(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN", FAKE_LSF_DOWN=100, FAKE_LSF_FAULTS_FOR="bjobs")
     with pytest.raises(
         AirflowException, match=r"4 times in a row; last error: bjobs gave no JSON \(LSF is down. Please wait...\)"
     ):
-        run(make_op(reattach=False, poll_interval=0.01))
+        run(make_op(reattach=False, poll_interval_seconds=0.01))
 
 
-def test_noise_before_json(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.2,DONE", FAKE_LSF_NOISE_STDOUT=2)
+def test_noise_before_json(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.2,DONE", FAKE_LSF_NOISE_STDOUT=2)
     assert run(make_op())["stat"] == "DONE"
 
 
-def test_real_job_failure_shows_tail_of_output_file(lsf: LsfCluster, tmp_path: Path) -> None:
+def test_real_job_failure_shows_tail_of_output_file(lsf: Emulator, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     command = "echo copying-the-data; echo 'upload failed: access denied' >&2; exit 3"
@@ -262,8 +237,8 @@ def test_real_job_failure_shows_tail_of_output_file(lsf: LsfCluster, tmp_path: P
 # -- never twice -----------------------------------------------------------------------------------------------------
 
 
-def test_reattach_after_worker_crash_never_submits_again(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="PEND:0.2,RUN:0.5,DONE")
+def test_reattach_after_worker_crash_never_submits_again(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="PEND:0.2,RUN:0.5,DONE")
     ti = FakeTI()
     # Try 1 submits, then "the worker dies" (here: it defers and nothing ever resumes it).
     with pytest.raises(TaskDeferred):
@@ -272,88 +247,88 @@ def test_reattach_after_worker_crash_never_submits_again(lsf: LsfCluster) -> Non
     # Try 2: new operator, new process, XCom cleared, no state store (Airflow before 3.3).
     result = make_op().execute(context_for(FakeTI()))
     assert result["job_id"] == first_id
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
 
 
-def test_reattach_through_task_state_store(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.5,DONE")
+def test_reattach_through_task_state_store(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.5,DONE")
     store = FakeStore()
     with pytest.raises(TaskDeferred):
         make_op(deferrable=True).execute(context_for(FakeTI(), store))
     assert store.data[STATE_KEY]["job_id"]
     result = make_op().execute(context_for(FakeTI(), store))
     assert result["job_id"] == store.data[STATE_KEY]["job_id"]
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
     # Only the first try looked the name up; the second found the id in the store.
-    assert len([argv for argv in lsf.calls("bjobs") if "-J" in argv]) == 1
+    assert len([argv for argv in lsf.argvs("bjobs") if "-J" in argv]) == 1
 
 
-def test_finished_job_result_is_taken_without_submitting(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+def test_finished_job_result_is_taken_without_submitting(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     first = run(make_op())
     again = run(make_op())
     assert again["job_id"] == first["job_id"]
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
 
 
-def test_failed_job_is_resubmitted_by_a_retry_or_not(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="EXIT:1")
+def test_failed_job_is_resubmitted_by_a_retry_or_not(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="EXIT:1")
     with pytest.raises(AirflowException):
         run(make_op())
     with pytest.raises(AirflowException, match="exit code 1"):
         run(make_op(resubmit_failed=False))
-    assert len(lsf.calls("bsub")) == 1
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+    assert len(lsf.argvs("bsub")) == 1
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     assert run(make_op())["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 2
+    assert len(lsf.argvs("bsub")) == 2
 
 
-def test_reused_job_id_is_not_attached(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN")
+def test_reused_job_id_is_not_attached(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN")
     with pytest.raises(TaskDeferred):
         make_op(job_name="someone-else", deferrable=True).execute(context_for(FakeTI(task_id="other")))
-    (foreign_id,) = (path.stem for path in (lsf.state / "jobs").glob("*.json"))
+    (foreign_id,) = (path.stem for path in (lsf.state_dir / "jobs").glob("*.json"))
     # The store points at an id that now belongs to another job (LSF reused it): never attach to it.
     op = make_op()
     store = FakeStore()
     store.set(STATE_KEY, {"job_id": foreign_id, "job_name": op.lsf_name(context_for(FakeTI()))})  # type: ignore[arg-type]
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     result = op.execute(context_for(FakeTI(), store))
     assert result["job_id"] != foreign_id
-    assert len(lsf.calls("bsub")) == 2
+    assert len(lsf.argvs("bsub")) == 2
 
 
-def test_runs_of_one_dag_share_a_live_job_but_not_a_finished_one(lsf: LsfCluster) -> None:
+def test_runs_of_one_dag_share_a_live_job_but_not_a_finished_one(lsf: Emulator) -> None:
     """name_scope="dag": a second run that uploads the same folder while the first run's job is still going follows
     that job instead of starting a concurrent transfer; once it has finished, a new run transfers again."""
-    lsf.knobs(FAKE_LSF_PLAN="PEND:0.3,RUN:0.6,DONE")
+    lsf.set_knobs(FAKE_LSF_PLAN="PEND:0.3,RUN:0.6,DONE")
     first_run, second_run = FakeTI(), FakeTI(run_id="manual__2026-11-26T00:00:00+00:00", map_index=3)
     with pytest.raises(TaskDeferred):
         make_op(name_scope="dag", deferrable=True).execute(context_for(first_run))
     first_id = first_run.xcoms[STATE_KEY]["job_id"]
     followed = make_op(name_scope="dag").execute(context_for(second_run, FakeStore()))
     assert followed["job_id"] == first_id and followed["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
 
     # A later run: the job of that name has finished, so it is history, not this run's result.
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     third_store = FakeStore()
     third = make_op(name_scope="dag").execute(context_for(FakeTI(run_id="scheduled__x"), third_store))
-    assert third["job_id"] != first_id and len(lsf.calls("bsub")) == 2
+    assert third["job_id"] != first_id and len(lsf.argvs("bsub")) == 2
     # The third run's retry (or a clear) finds its own finished job in the state store and takes its result.
     again = make_op(name_scope="dag").execute(context_for(FakeTI(run_id="scheduled__x"), third_store))
-    assert again["job_id"] == third["job_id"] and len(lsf.calls("bsub")) == 2
+    assert again["job_id"] == third["job_id"] and len(lsf.argvs("bsub")) == 2
 
 
-def test_dag_scope_never_takes_an_old_job_for_a_lost_submission(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+def test_dag_scope_never_takes_an_old_job_for_a_lost_submission(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     old = run(make_op(name_scope="dag"))
     # This run's first bsub fails for now (LSF down) and submits nothing. The lookup by name before the retry finds
     # only the earlier run's finished job of the same name: that is not this submission, so bsub is retried.
-    lsf.knobs(FAKE_LSF_DOWN=1, FAKE_LSF_FAULTS_FOR="bsub")
+    lsf.set_knobs(FAKE_LSF_DOWN=1, FAKE_LSF_FAULTS_FOR="bsub")
     new = make_op(name_scope="dag").execute(context_for(FakeTI(run_id="manual__later"), FakeStore()))
     assert new["job_id"] != old["job_id"] and new["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 3  # the old run's, the failed attempt, the retry
+    assert len(lsf.argvs("bsub")) == 3  # the old run's, the failed attempt, the retry
 
 
 def test_name_scope_is_checked() -> None:
@@ -364,9 +339,9 @@ def test_name_scope_is_checked() -> None:
 # -- cancel, dry run, quoting ----------------------------------------------------------------------------------------
 
 
-def test_on_kill_in_blocking_mode_bkills_the_job(lsf: LsfCluster) -> None:
+def test_on_kill_in_blocking_mode_bkills_the_job(lsf: Emulator) -> None:
     # bjobs keeps showing RUN for a while after bkill, as real LSF does: still no second bkill, no false end.
-    lsf.knobs(FAKE_LSF_PLAN="RUN", FAKE_LSF_KILL_DELAY=0.6)
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN", FAKE_LSF_KILL_DELAY=0.6)
     op = make_op()
     errors: list[BaseException] = []
 
@@ -378,16 +353,16 @@ def test_on_kill_in_blocking_mode_bkills_the_job(lsf: LsfCluster) -> None:
 
     worker = threading.Thread(target=target)
     worker.start()
-    lsf.wait_for(lambda: op.lsf_job_id is not None, what="submission")
+    wait_until(lambda: op.lsf_job_id is not None, 10, "submission")
     op.on_kill()
     worker.join(15)
     assert not worker.is_alive()
-    assert lsf.calls("bkill") == [["bkill", op.lsf_job_id]]
+    assert lsf.argvs("bkill") == [["bkill", op.lsf_job_id]]
     assert errors and "TERM_OWNER" in str(errors[0])
 
 
-def test_on_kill_of_finished_or_unknown_job_is_fine(lsf: LsfCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="DONE")
+def test_on_kill_of_finished_or_unknown_job_is_fine(lsf: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="DONE")
     op = make_op()
     run(op)
     op.on_kill()
@@ -397,23 +372,23 @@ def test_on_kill_of_finished_or_unknown_job_is_fine(lsf: LsfCluster, capsys: pyt
     assert "not_found" in logged(capsys)
 
 
-def test_hanging_bkill_does_not_hang_on_kill(lsf: LsfCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    lsf.knobs(FAKE_LSF_BKILL_HANG=10)
-    op = make_op(command_timeout=1.5, submit_retries=0)
+def test_hanging_bkill_does_not_hang_on_kill(lsf: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    lsf.set_knobs(FAKE_LSF_BKILL_HANG=10)
+    op = make_op(command_timeout_seconds=1.5, retries=0)
     op.lsf_job_id = "9148559"
     op.on_kill()
     assert "Could not bkill" in logged(capsys)
 
 
-def test_dry_run_submits_nothing(lsf: LsfCluster, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_submits_nothing(lsf: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(make_op(dry_run_submit=True, command="aws s3 sync a/ s3://b/")) is None
-    assert lsf.calls() == []
+    assert lsf.argvs() == []
     log = logged(capsys)
     assert "Dry run: would submit bsub -J seg0510-1." in log
     assert "'aws s3 sync a/ s3://b/'" in log
 
 
-def test_hostile_folder_name_reaches_the_job_literally(lsf: LsfCluster, tmp_path: Path) -> None:
+def test_hostile_folder_name_reaches_the_job_literally(lsf: Emulator, tmp_path: Path) -> None:
     source = tmp_path / "it's $HOME; rm -rf x"
     source.mkdir()
     (source / "neuron.swc").write_text("1 1 0 0 0 1 -1\n")
@@ -427,17 +402,17 @@ def test_hostile_folder_name_reaches_the_job_literally(lsf: LsfCluster, tmp_path
     assert result["stat"] == "DONE"
     assert (destination / "neuron.swc").read_text() == "1 1 0 0 0 1 -1\n"
     assert victim.is_dir()
-    (bsub,) = lsf.calls("bsub")
+    (bsub,) = lsf.argvs("bsub")
     assert bsub[-1] == command and str(source) + "/." in shlex.split(command)
 
 
-def test_deferrable_execute_defers_to_an_importable_trigger(lsf: LsfCluster) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN")
+def test_deferrable_execute_defers_to_an_importable_trigger(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN")
     with pytest.raises(TaskDeferred) as info:
         make_op(deferrable=True).execute(context_for())
     trigger = info.value.trigger
     assert isinstance(trigger, LsfJobTrigger)
-    assert trigger.serialize()[0] == "hortacloud.lsf_trigger.LsfJobTrigger"
+    assert trigger.serialize()[0] == "hortacloud.lsf.trigger.LsfJobTrigger"
     assert info.value.method_name == "execute_complete"
 
 

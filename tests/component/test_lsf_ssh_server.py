@@ -3,7 +3,7 @@
 emulator is found only after sourcing ``profile.lsf``.
 
 The test process itself has neither the emulator on PATH nor ``FAKE_LSF_DIR``: a command that ran here instead of
-on the "login node" would fail. ``test_lsf_operator_ssh.py`` keeps the unit-level checks with a stand-in SSHHook.
+on the "login node" would fail.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import paramiko
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
-from devstack.lsf import Emulator
+from devstack.lsf import BIN_DIR, Emulator
 from devstack.sshd import SshServer
-from hortacloud.lsf import LsfError, LsfHook, LsfTransientError, transfer_command
-from hortacloud.lsf_operator import LsfJobOperator
-from tests.component.conftest_lsf import *  # noqa: F403
-from tests.component.conftest_lsf import EMULATOR_BIN, LsfCluster, context_for
-from tests.component.test_lsf_operator import logged, make_op
+from hortacloud.lsf.commands import transfer_command
+from hortacloud.lsf.hook import LsfHook
+from hortacloud.lsf.operator import LsfJobOperator
+from hortacloud.lsf.parsers import LsfError, LsfTransientError
+from tests.fixtures.lsf_task import context_for, logged, lsf_settings, make_op
+from tests.fixtures.waiting import wait_until
 
 CONN_ID = "lsf_login"
 
@@ -62,12 +63,12 @@ class Login:
         return [c for c in commands if word is None or re.search(rf"(^|\s){word}\s", shlex.split(c)[-1])]
 
 
-def write_profile(path: Path, lsf: LsfCluster) -> Path:
+def write_profile(path: Path, lsf: Emulator) -> Path:
     """A ``profile.lsf`` as a site has one: it puts the commands on PATH and points them at the cluster."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        f"export PATH={shlex.quote(str(EMULATOR_BIN))}:$PATH\n"
-        f"export FAKE_LSF_DIR={shlex.quote(str(lsf.state))}\n"
+        f"export PATH={shlex.quote(str(BIN_DIR))}:$PATH\n"
+        f"export FAKE_LSF_DIR={shlex.quote(str(lsf.state_dir))}\n"
         f"export HORTACLOUD_PYTHON={shlex.quote(sys.executable)}\n"
     )
     return path
@@ -78,12 +79,12 @@ def use_connection(monkeypatch: pytest.MonkeyPatch, server: SshServer, conn_id: 
 
 
 @pytest.fixture
-def login(sshd: SshServer, lsf: LsfCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Login:
+def login(sshd: SshServer, lsf: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Login:
     sshd.reset()
     profile = write_profile(tmp_path / "lsf conf" / "profile.lsf", lsf)
     use_connection(monkeypatch, sshd, profile=str(profile))
     # Nothing of LSF is left in this process: only the login node can run the commands.
-    path = [part for part in os.environ["PATH"].split(os.pathsep) if part != str(EMULATOR_BIN)]
+    path = [part for part in os.environ["PATH"].split(os.pathsep) if part != str(BIN_DIR)]
     monkeypatch.setenv("PATH", os.pathsep.join(path))
     monkeypatch.delenv("FAKE_LSF_DIR")
     return Login(sshd, profile, len(sshd.events()))
@@ -96,11 +97,11 @@ def ssh_op(**kwargs: Any) -> LsfJobOperator:
 # -- the happy paths ---------------------------------------------------------------------------------------------------
 
 
-def test_job_is_submitted_and_followed_to_done_over_ssh(lsf: LsfCluster, login: Login) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="PEND:0.4,RUN:0.4,DONE")
+def test_job_is_submitted_and_followed_to_done_over_ssh(lsf: Emulator, login: Login) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="PEND:0.4,RUN:0.4,DONE")
     result = ssh_op().execute(context_for())
     assert result["stat"] == "DONE"
-    (bsub,) = lsf.calls("bsub")
+    (bsub,) = lsf.argvs("bsub")
     assert bsub[-1] == "true"
     commands = login.commands()
     assert all(c.startswith("bash -c ") and str(login.profile) in shlex.split(c)[-1] for c in commands)
@@ -110,8 +111,8 @@ def test_job_is_submitted_and_followed_to_done_over_ssh(lsf: LsfCluster, login: 
     assert logins and all(e["ok"] and e["key"].startswith("ecdsa") for e in logins)  # public key, never a password
 
 
-def test_trigger_follows_the_job_over_ssh_and_on_kill_is_fine_after_the_end(lsf: LsfCluster, login: Login) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.5,DONE")
+def test_trigger_follows_the_job_over_ssh_and_on_kill_is_fine_after_the_end(lsf: Emulator, login: Login) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.5,DONE")
     with pytest.raises(TaskDeferred) as info:
         ssh_op(deferrable=True).execute(context_for())
     trigger = info.value.trigger
@@ -124,11 +125,11 @@ def test_trigger_follows_the_job_over_ssh_and_on_kill_is_fine_after_the_end(lsf:
     assert [event["status"] for event in events] == ["success"]
     assert len(login.commands("bjobs")) > polls_before  # the triggerer polled over SSH
     asyncio.run(trigger.on_kill())
-    assert lsf.calls("bkill") == [["bkill", trigger.job_id]]
+    assert lsf.argvs("bkill") == [["bkill", trigger.job_id]]
     assert len(login.commands("bkill")) == 1
 
 
-def test_hostile_folder_name_reaches_the_job_literally_over_ssh(lsf: LsfCluster, login: Login, tmp_path: Path) -> None:
+def test_hostile_folder_name_reaches_the_job_literally_over_ssh(lsf: Emulator, login: Login, tmp_path: Path) -> None:
     source = tmp_path / 'it\'s $HOME; rm -rf x "quoted"  `id`'
     source.mkdir()
     (source / "G-001.swc").write_text("1 1 0 0 0 1 -1\n")
@@ -142,7 +143,7 @@ def test_hostile_folder_name_reaches_the_job_literally_over_ssh(lsf: LsfCluster,
     assert result["stat"] == "DONE"
     assert (destination / "G-001.swc").read_text() == "1 1 0 0 0 1 -1\n"
     assert victim.is_dir()
-    (bsub,) = lsf.calls("bsub")
+    (bsub,) = lsf.argvs("bsub")
     assert bsub[-1] == command  # one argument, intact after the SSH command line and the login shell
 
 
@@ -150,7 +151,7 @@ def test_hostile_folder_name_reaches_the_job_literally_over_ssh(lsf: LsfCluster,
 
 
 def test_without_the_profile_bsub_is_not_found_and_fails_at_once(
-    lsf: LsfCluster, login: Login, monkeypatch: pytest.MonkeyPatch
+    lsf: Emulator, login: Login, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_connection(monkeypatch, login.server)  # no profile: PATH of the login shell has no LSF
     started = time.monotonic()
@@ -158,7 +159,7 @@ def test_without_the_profile_bsub_is_not_found_and_fails_at_once(
         ssh_op(reattach=False).execute(context_for())
     assert time.monotonic() - started < 5
     assert len(login.commands()) == 1  # no retry
-    assert lsf.calls() == []
+    assert lsf.argvs() == []
 
 
 # -- a broken link ---------------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_without_the_profile_bsub_is_not_found_and_fails_at_once(
 
 @pytest.mark.parametrize("how", ["refusing", "stopped"])
 def test_refused_connection_is_retried_then_fails_with_a_clear_message(
-    lsf: LsfCluster,
+    lsf: Emulator,
     login: Login,
     how: str,
     tmp_path: Path,
@@ -181,7 +182,7 @@ def test_refused_connection_is_retried_then_fails_with_a_clear_message(
         gone.stop()
     started = time.monotonic()
     with pytest.raises(AirflowException) as info:
-        ssh_op(submit_retries=2).execute(context_for())
+        ssh_op(retries=2).execute(context_for())
     elapsed = time.monotonic() - started
     assert not isinstance(info.value, AirflowFailException)  # transient: Airflow's own retries may still help
     message = str(info.value)
@@ -189,42 +190,42 @@ def test_refused_connection_is_retried_then_fails_with_a_clear_message(
     assert "Connection refused" in message and "127.0.0.1" in message
     assert logged(capsys).count("retrying in") == 2  # submit_retries
     assert elapsed < 5  # the hook's retries only, none hidden in SSHHook (3-5 s each)
-    assert login.commands() == [] and lsf.calls() == []
+    assert login.commands() == [] and lsf.argvs() == []
 
 
-def test_dropped_connections_are_retried_and_submit_one_job(lsf: LsfCluster, login: Login) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.3,DONE")
+def test_dropped_connections_are_retried_and_submit_one_job(lsf: Emulator, login: Login) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.3,DONE")
     # The lookup's connection dies before the banner; then the link drops as bsub is sent.
     login.server.set(drop=1, drop_exec=1, match=r"\bbsub\b")
     result = ssh_op().execute(context_for())
     assert result["stat"] == "DONE"
     assert len(login.events("dropped")) == 1 and len(login.events("dropped_exec")) == 1
-    assert len(lsf.calls("bsub")) == 1
+    assert len(lsf.argvs("bsub")) == 1
 
 
-def test_lost_bsub_answer_attaches_to_the_submitted_job(lsf: LsfCluster, login: Login) -> None:
-    lsf.knobs(FAKE_LSF_PLAN="RUN:0.3,DONE")
+def test_lost_bsub_answer_attaches_to_the_submitted_job(lsf: Emulator, login: Login) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN:0.3,DONE")
     # bsub runs and LSF accepts the job, then the link drops before its answer: no second job may be submitted.
     login.server.set(lose_answer=1, match=r"\bbsub\b")
     result = ssh_op().execute(context_for())
     assert result["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 1
-    (job,) = Emulator(lsf.state).jobs()
+    assert len(lsf.argvs("bsub")) == 1
+    (job,) = lsf.jobs()
     assert result["job_id"] == str(job.id)
     assert len(login.events("lost_answer")) == 1
 
 
-def test_hanging_bjobs_past_the_command_timeout_is_transient(lsf: LsfCluster, login: Login) -> None:
+def test_hanging_bjobs_past_the_command_timeout_is_transient(lsf: Emulator, login: Login) -> None:
     # LSF prints "still trying" every second while mbatchd does not answer: the link is never idle.
-    lsf.knobs(FAKE_LSF_HANG=1, FAKE_LSF_FAULTS_FOR="bjobs")
-    hook = LsfHook(CONN_ID, command_timeout=1.5, retries=1, retry_delay=0.05)
+    lsf.set_knobs(FAKE_LSF_HANG=1, FAKE_LSF_FAULTS_FOR="bjobs")
+    hook = LsfHook(CONN_ID, settings=lsf_settings(command_timeout_seconds=1.5, retries=1, retry_delay_seconds=0.05))
     started = time.monotonic()
     with pytest.raises(LsfTransientError, match=r"bjobs did not answer within 1\.5s"):
         hook.run_command(["bjobs", "-a", "9148559"])
     assert 1.4 < time.monotonic() - started < 4
     # The server hung up the command once the client went away.
-    lsf.wait_for(lambda: bool(login.events("hangup")), 5, "hang-up of the hung bjobs")
-    Emulator(lsf.state).set_knobs(FAKE_LSF_HANG=1)  # restarts the count: the next bjobs hangs again
+    wait_until(lambda: bool(login.events("hangup")), 5, "hang-up of the hung bjobs")
+    lsf.set_knobs(FAKE_LSF_HANG=1)  # restarts the count: the next bjobs hangs again
     started = time.monotonic()
     assert hook.find_by_name("seg0510-1.none") == []  # the hung attempt is cut, the retry answers
     assert time.monotonic() - started > 1.4
@@ -234,7 +235,7 @@ def test_hanging_bjobs_past_the_command_timeout_is_transient(lsf: LsfCluster, lo
 # -- cancelling --------------------------------------------------------------------------------------------------------
 
 
-def test_on_kill_bkills_the_running_job_over_ssh(lsf: LsfCluster, login: Login) -> None:
+def test_on_kill_bkills_the_running_job_over_ssh(lsf: Emulator, login: Login) -> None:
     op = ssh_op(command="sleep 60")  # a real job
     errors: list[BaseException] = []
 
@@ -246,42 +247,40 @@ def test_on_kill_bkills_the_running_job_over_ssh(lsf: LsfCluster, login: Login) 
 
     worker = threading.Thread(target=target)
     worker.start()
-    emulator = Emulator(lsf.state)
 
     def running() -> bool:
-        return op.lsf_job_id is not None and emulator.view(int(op.lsf_job_id)).stat == "RUN"
+        return op.lsf_job_id is not None and lsf.view(int(op.lsf_job_id)).stat == "RUN"
 
-    lsf.wait_for(running, 15, "job running")
+    wait_until(running, 15, "job running")
     op.on_kill()
     worker.join(15)
     assert not worker.is_alive()
     assert len(login.commands("bkill")) == 1
-    assert lsf.calls("bkill") == [["bkill", op.lsf_job_id]]
+    assert lsf.argvs("bkill") == [["bkill", op.lsf_job_id]]
     assert errors and "TERM_OWNER" in str(errors[0])
 
 
-def test_trigger_on_kill_bkills_the_running_job_over_ssh(lsf: LsfCluster, login: Login) -> None:
+def test_trigger_on_kill_bkills_the_running_job_over_ssh(lsf: Emulator, login: Login) -> None:
     with pytest.raises(TaskDeferred) as info:
         ssh_op(command="sleep 60", deferrable=True).execute(context_for())
     trigger = info.value.trigger
-    emulator = Emulator(lsf.state)
-    lsf.wait_for(lambda: emulator.view(int(trigger.job_id)).stat == "RUN", 10, "job running")
+    wait_until(lambda: lsf.view(int(trigger.job_id)).stat == "RUN", 10, "job running")
     asyncio.run(trigger.on_kill())
-    assert emulator.wait_finished(int(trigger.job_id)).exit_reason.startswith("TERM_OWNER")
+    assert lsf.wait_finished(int(trigger.job_id)).exit_reason.startswith("TERM_OWNER")
     assert len(login.commands("bkill")) == 1
 
 
-def test_the_host_key_is_checked(lsf: LsfCluster, login: Login, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_host_key_is_checked(lsf: Emulator, login: Login, monkeypatch: pytest.MonkeyPatch) -> None:
     impostor = paramiko.ECDSAKey.generate()
     use_connection(monkeypatch, login.server, host_key=f"{impostor.get_name()} {impostor.get_base64()}")
     with pytest.raises(LsfError, match=r"Host key for server '127\.0\.0\.1' does not match"):
-        LsfHook(CONN_ID, retries=0).run_command(["bjobs", "-a"])
+        LsfHook(CONN_ID, settings=lsf_settings(retries=0)).run_command(["bjobs", "-a"])
     assert login.commands() == []
     assert Path(login.server.key_file).stat().st_mode & 0o077 == 0  # the client key is its owner's only
 
 
 def test_without_the_profile_a_reattaching_operator_fails_at_once(
-    lsf: LsfCluster, login: Login, monkeypatch: pytest.MonkeyPatch
+    lsf: Emulator, login: Login, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_connection(monkeypatch, login.server)
     with pytest.raises(AirflowFailException, match="command not found"):

@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hortacloud.metadata import LOCATIONS, GuardRefusal, build_mapping
-from hortacloud.metadata_s3 import BucketScan, apply, scan_bucket
+from hortacloud.metadata.bucket import BucketScan, apply, scan_bucket
+from hortacloud.metadata.documents import GuardRefusal
+from hortacloud.metadata.mapping import LOCATIONS, build_mapping
 from tests.fixtures.mouselight_bucket import (
     EXPECTED_METADATA,
     EXPECTED_NEURONS_JSON,

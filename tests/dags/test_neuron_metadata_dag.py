@@ -34,7 +34,7 @@ def site(airflow_db, s3_server, nb_server, s3_client, fresh_bucket, site_config,
 def _dag():  # type: ignore[no-untyped-def]
     # Parsed afresh for every run. Seen with Airflow 3.3.2: after dag.test(run_conf={"locations": [...]}), a later
     # dag.test(run_conf={}) on the same DAG object ran with the earlier locations, not the Param defaults.
-    from airflow.models import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(ROOT / "dags" / f"{DAG_ID}.py")).dags[DAG_ID]
     for task in dag.tasks:

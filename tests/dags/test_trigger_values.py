@@ -25,7 +25,7 @@ CALENDAR = {"2023-02-30", "2023-13-01", "2023-05-00", "2023-02-29", "1900-02-29"
 
 @pytest.fixture(scope="module")
 def server_params():  # type: ignore[no-untyped-def]
-    from airflow.models import DagBag
+    from airflow.dag_processing.dagbag import DagBag
     from airflow.serialization.serialized_objects import DagSerialization
 
     dag = DagBag(dag_folder=str(ROOT / "dags" / "hortacloud_upload_sample.py")).dags["hortacloud_upload_sample"]

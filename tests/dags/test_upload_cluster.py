@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from devstack.localsite import cluster_roots, emulated_lsf, site_toml
-from tests.component.conftest_lsf import *  # noqa: F403
-from tests.component.conftest_lsf import LsfCluster
+from devstack.lsf import Emulator
 from tests.conftest import BUCKET
 
 pytestmark = pytest.mark.airflow
@@ -29,7 +28,7 @@ def _tree(root: Path, files: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def cluster_site(tmp_path: Path, site_config, s3_server, lsf: LsfCluster, monkeypatch):  # type: ignore[no-untyped-def]
+def cluster_site(tmp_path: Path, site_config, s3_server, lsf: Emulator, monkeypatch):  # type: ignore[no-untyped-def]
     """Registration, segmentation and tracings folders of one sample, and a config pointing the DAG at them."""
     roots = cluster_roots(tmp_path)
     _tree(roots["registration"] / SAMPLE, {"transform.h5": "reg", "sub/points.csv": "1,2,3\n"})
@@ -47,7 +46,7 @@ def cluster_site(tmp_path: Path, site_config, s3_server, lsf: LsfCluster, monkey
 
 
 def _run(conf: dict):  # type: ignore[no-untyped-def]
-    from airflow.models import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags["hortacloud_upload_sample"]
     return dag.test(run_conf=conf)
@@ -92,7 +91,7 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
         f"tracings/Finished_Neurons/{SAMPLE}/it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"
     }
 
-    submitted = lsf.calls("bsub")
+    submitted = lsf.argvs("bsub")
     assert len(submitted) == 3
     names = sorted(argv[argv.index("-J") + 1] for argv in submitted)
     assert [name.split(".")[0] for name in names] == ["reg0510", "seg0510-1", "tra0510-1"]
@@ -106,7 +105,7 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
 def test_dry_run_submits_nothing(airflow_db, cluster_site, lsf):  # type: ignore[no-untyped-def]
     run = _run({"sample": SAMPLE, "products": ["segmentation", "tracings"], "dry_run": True})
     assert str(run.state) == "success"
-    assert lsf.calls() == []  # not even a lookup: nothing reaches LSF
+    assert lsf.argvs() == []  # not even a lookup: nothing reaches LSF
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert states["tracings.verify"] == "skipped"
     assert states["tracings.announce"] == "skipped"  # nothing uploaded, so no metadata rebuild is started
@@ -132,37 +131,42 @@ def test_a_done_job_that_left_files_behind_fails_the_verification(
 
 
 def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf, s3_client, monkeypatch):  # type: ignore[no-untyped-def]
-    import hortacloud.lsf
+    import hortacloud.tasks.upload
 
-    plain = hortacloud.lsf.transfer_job_kwargs
+    plain = hortacloud.tasks.upload.transfer_job_kwargs
     monkeypatch.setattr(
-        hortacloud.lsf, "transfer_job_kwargs", lambda *args, **kwargs: {**plain(*args, **kwargs), "deferrable": True}
+        hortacloud.tasks.upload,
+        "transfer_job_kwargs",
+        lambda *args, **kwargs: {**plain(*args, **kwargs), "deferrable": True},
     )
     # Scripted job (a failure would be retried after the DAG's retry_delay of minutes): the point is the path
     # execute -> defer -> LsfJobTrigger run by Airflow -> execute_complete.
-    lsf.knobs(FAKE_LSF_PLAN="PEND:0.5,RUN:0.5,DONE")
+    lsf.set_knobs(FAKE_LSF_PLAN="PEND:0.5,RUN:0.5,DONE")
     run = _run({"sample": SAMPLE, "products": ["segmentation"]})
     (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "segmentation.transfer"]
     assert str(ti.state) == "success"
     assert ti.xcom_pull(task_ids="segmentation.transfer", map_indexes=0)["stat"] == "DONE"
-    assert len(lsf.calls("bsub")) == 1
-    assert len(lsf.calls("bjobs")) >= 2  # the lookup by name, then the trigger's polls
+    assert len(lsf.argvs("bsub")) == 1
+    assert len(lsf.argvs("bjobs")) >= 2  # the lookup by name, then the trigger's polls
 
 
 PROBE_DAG = """
 import pendulum
 from airflow.sdk import DAG, task
 
-from hortacloud.lsf_operator import LsfJobOperator, LsfTransferOperator
+from hortacloud.lsf.operator import LsfJobOperator, LsfTransferOperator
+from hortacloud.lsf.settings import LsfSettings
+
+SETTINGS = LsfSettings.site().replaced(poll_interval_seconds=0.2, first_poll_seconds=0.0).model_dump()
 
 for operator_class in (LsfJobOperator, LsfTransferOperator):
     with DAG(f"probe_{operator_class.__name__}", schedule=None, start_date=pendulum.datetime(2024, 1, 1)):
 
         @task
         def kwargs() -> list[dict]:
-            return [{"command": COMMAND, "job_name": "seg0510-1", "source": SOURCE, "first_poll_after": 0.0}]
+            return [{"command": COMMAND, "job_name": "seg0510-1", "source": SOURCE}]
 
-        operator_class.partial(task_id="transfer", poll_interval=0.2).expand_kwargs(kwargs())
+        operator_class.partial(task_id="transfer", settings=SETTINGS).expand_kwargs(kwargs())
 """
 
 
@@ -199,7 +203,7 @@ def test_transfer_kwargs_are_data_never_templates(airflow_db, lsf, tmp_path, mon
     dags = _probe_dags(tmp_path / "probe", command, f"/data/{payload}", monkeypatch)
     run = dags["probe_LsfTransferOperator"].test()
     assert str(run.state) == "success"
-    (argv,) = lsf.calls("bsub")
+    (argv,) = lsf.argvs("bsub")
     assert argv[-1] == command  # used exactly as built: not rendered
     assert not any(secret in word for word in argv)
     (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "transfer"]
@@ -208,4 +212,4 @@ def test_transfer_kwargs_are_data_never_templates(airflow_db, lsf, tmp_path, mon
     # The same kwargs through the templated LsfJobOperator are rendered: the guard above is what makes the difference.
     if payload in ("{{ 7*7 }}", "{{ conn.hortacloud_s3.password }}"):
         dags["probe_LsfJobOperator"].test()
-        assert lsf.calls("bsub")[-1][-1] == {"{{ 7*7 }}": "echo 49"}.get(payload, f"echo {secret}")
+        assert lsf.argvs("bsub")[-1][-1] == {"{{ 7*7 }}": "echo 49"}.get(payload, f"echo {secret}")

@@ -32,7 +32,7 @@ progress_interval_seconds = 1
 
 
 def _run(conf: dict):  # type: ignore[no-untyped-def]
-    from airflow.models import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags["hortacloud_upload_sample"]
     return dag.test(run_conf=conf)

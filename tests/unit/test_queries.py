@@ -9,7 +9,6 @@ from graphql import build_schema, parse, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "include" / "schema" / "neuronbrowser-sample-api.graphql"
-SHARED_SCHEMA = ROOT.parent / "shared" / "reference" / "neuronbrowser-sample-api.graphql"
 QUERIES = sorted((ROOT / "include" / "queries").glob("*.graphql"))
 
 
@@ -34,8 +33,3 @@ def test_injections_query_asks_for_what_the_mapping_reads() -> None:
     text = (ROOT / "include" / "queries" / "injections.graphql").read_text()
     for name in ("sampleDate", "idString", "tag", "brainArea", "name", "neurons"):
         assert name in text
-
-
-@pytest.mark.skipif(not SHARED_SCHEMA.is_file(), reason="shared/ reference folder not present")
-def test_shipped_schema_is_the_shared_reference_copy() -> None:
-    assert SCHEMA.read_bytes() == SHARED_SCHEMA.read_bytes()

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from hortacloud.lsf import (
-    NEED_HISTORY,
-    JobStatus,
-    JobWatch,
-    LsfError,
-    LsfHook,
-    LsfRejected,
-    bsub_argv,
-    lsf_job_name,
-    shell_line,
-)
-from hortacloud.lsf_trigger import LsfJobTrigger
+from hortacloud.lsf.commands import bsub_argv, lsf_job_name, shell_line
+from hortacloud.lsf.hook import LsfHook
+from hortacloud.lsf.parsers import JobStatus, LsfError, LsfRejected
+from hortacloud.lsf.settings import LsfSettings
+from hortacloud.lsf.trigger import LsfJobTrigger
+from hortacloud.lsf.watch import AskHistory, Finished, JobWatch, Outcome
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -46,26 +40,21 @@ class LsfJobOperator(BaseOperator):
     starting a second, concurrent transfer of the same folder. Finished jobs of that name are other runs' history:
     a new run submits again (its own finished job, kept in the task state store, still counts for its retries).
 
+    ``command`` and the other templated fields are rendered as Jinja templates: never put a value a user typed
+    into them. For jobs built from data, use :class:`LsfTransferOperator`.
+
     :param command: the job's command line, one bsub argument, run by the job's shell (templated).
     :param job_name: readable prefix of the ``-J`` name, e.g. the old script's ``seg0510-1`` (templated).
     :param source: what this job transfers; part of the name hash, so two sources never share a job (templated).
     :param lsf_conn_id: Airflow connection (conn_type ``ssh``: login node; otherwise local). See ``LsfHook``.
-    :param profile: ``profile.lsf`` sourced before each LSF command.
     :param slots: ``bsub -n``.
     :param project: ``bsub -P`` (templated).
     :param lsf_queue: ``bsub -q``; empty for LSF's default queue (templated). Not ``queue``: every operator
         has that one already (the executor queue).
     :param runlimit_minutes: ``bsub -W``; 0 for none.
     :param output_file: ``bsub -o``, ``%J`` allowed; its tail goes into the failure message (templated).
-    :param poll_interval: seconds between bjobs calls.
-    :param first_poll_after: seconds the trigger waits before its first bjobs call (see ``LsfJobTrigger``).
-    :param not_found_grace: seconds after submission during which a job missing from bjobs is not alarming.
-    :param max_poll_failures: consecutive failed polls before the task fails (the job itself is left running).
-    :param command_timeout: seconds each LSF command may take.
-    :param submit_retries: extra attempts of bsub, lookups and bkill after transient failures (each bsub retry is
-        preceded by a lookup by name).
-    :param submit_retry_delay: seconds before the first of those retries, doubled for each further one.
-    :param output_format: ``json`` (LSF 10.1.0.2+) or ``text``.
+    :param settings: polling, timeouts and retries (``LsfSettings``, or its mapping); None: the site configuration's
+        ``[lsf]`` values, read when the task runs.
     :param cancel_on_kill: bkill the job when the task is killed (blocking ``on_kill`` and the trigger's).
     :param reattach: look for an earlier try's job before submitting.
     :param name_scope: ``run`` (a job per run) or ``dag`` (runs share a live job for the same source; see above).
@@ -85,21 +74,12 @@ class LsfJobOperator(BaseOperator):
         job_name: str = "",
         source: str = "",
         lsf_conn_id: str | None = LsfHook.default_conn_name,
-        profile: str = "",
         slots: int | None = None,
         project: str = "",
         lsf_queue: str = "",
         runlimit_minutes: int = 0,
         output_file: str = "",
-        poll_interval: float = 60.0,
-        first_poll_after: float = 10.0,
-        not_found_grace: float = 120.0,
-        max_poll_failures: int = 10,
-        command_timeout: float = 120.0,
-        submit_retries: int = 3,
-        submit_retry_delay: float = 5.0,
-        output_format: Literal["json", "text"] = "json",
-        bhist_files: int = 2,
+        settings: LsfSettings | Mapping[str, Any] | None = None,
         cancel_on_kill: bool = True,
         reattach: bool = True,
         name_scope: Literal["run", "dag"] = "run",
@@ -109,31 +89,20 @@ class LsfJobOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if name_scope not in ("run", "dag"):
+            raise ValueError(f"name_scope {name_scope!r} must be 'run' or 'dag'")
         self.command = command
         self.job_name = job_name
         self.source = source
         self.lsf_conn_id = lsf_conn_id
-        self.profile = profile
         self.slots = slots
         self.project = project
         self.lsf_queue = lsf_queue
         self.runlimit_minutes = runlimit_minutes
         self.output_file = output_file
-        self.poll_interval = poll_interval
-        if first_poll_after < 0:
-            raise ValueError(f"first_poll_after {first_poll_after!r} must be 0 or more seconds")
-        self.first_poll_after = first_poll_after
-        self.not_found_grace = not_found_grace
-        self.max_poll_failures = max_poll_failures
-        self.command_timeout = command_timeout
-        self.submit_retries = submit_retries
-        self.submit_retry_delay = submit_retry_delay
-        self.output_format = output_format
-        self.bhist_files = bhist_files
+        self.settings = settings
         self.cancel_on_kill = cancel_on_kill
         self.reattach = reattach
-        if name_scope not in ("run", "dag"):
-            raise ValueError(f"name_scope {name_scope!r} must be 'run' or 'dag'")
         self.name_scope = name_scope
         self.resubmit_failed = resubmit_failed
         self.dry_run_submit = dry_run_submit
@@ -142,19 +111,13 @@ class LsfJobOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> LsfHook:
-        return LsfHook(
-            self.lsf_conn_id,
-            profile=self.profile,
-            command_timeout=self.command_timeout,
-            retries=self.submit_retries,
-            retry_delay=self.submit_retry_delay,
-            output_format=self.output_format,
-            bhist_files=self.bhist_files,
-        )
+        """The LSF hook on ``lsf_conn_id`` with this task's settings."""
+        return LsfHook(self.lsf_conn_id, settings=self.settings)
 
     # -- helpers
 
     def lsf_name(self, context: Context) -> str:
+        """The task instance's ``-J`` name: the same on every try (and, with ``name_scope="dag"``, every run)."""
         ti = context["ti"]
         per_run = self.name_scope == "run"
         return lsf_job_name(
@@ -167,6 +130,7 @@ class LsfJobOperator(BaseOperator):
         )
 
     def bsub_argv(self, name: str) -> list[str]:
+        """The ``bsub`` argv this task submits under ``name``."""
         return bsub_argv(
             command=self.command,
             job_name=name,
@@ -179,7 +143,7 @@ class LsfJobOperator(BaseOperator):
 
     @staticmethod
     def _state_store(context: Context) -> Any | None:
-        return context.get("task_state_store")  # type: ignore[misc]
+        return context.get("task_state_store")
 
     def _stored_job(self, context: Context) -> dict[str, Any] | None:
         store = self._state_store(context)
@@ -209,6 +173,17 @@ class LsfJobOperator(BaseOperator):
 
     def _output_path(self, job_id: str) -> str:
         return self.output_file.replace("%J", job_id).replace("%I", "0") if self.output_file else ""
+
+    def _watch(self, job_id: str, name: str, submitted_at: float) -> JobWatch:
+        settings = self.hook.settings
+        return JobWatch(
+            job_id=job_id,
+            job_name=name,
+            submitted_at=submitted_at,
+            not_found_grace=settings.not_found_grace_seconds,
+            max_poll_failures=settings.max_poll_failures,
+            log=self.log,
+        )
 
     def _earlier_job(self, context: Context, name: str) -> tuple[JobStatus | None, set[str]]:
         """The job to follow instead of submitting, and the ids of finished jobs of ``name`` that are not ours.
@@ -248,51 +223,53 @@ class LsfJobOperator(BaseOperator):
             self.log.warning("LSF knows %d jobs named %s (%s); following the newest", len(found), name, found)
         return (found[0] if found else None), set()
 
+    def _look_for_earlier(self, context: Context, name: str) -> tuple[JobStatus | None, set[str]]:
+        """``_earlier_job`` with LSF's failures turned into task failures: never submit blind."""
+        if not self.reattach:
+            return None, set()
+        try:
+            return self._earlier_job(context, name)
+        except LsfRejected as err:
+            raise AirflowFailException(f"Could not check LSF for an earlier job {name}: {err}") from err
+        except LsfError as err:
+            raise AirflowException(f"Could not check LSF for an earlier job {name} ({err}); not submitting") from err
+
+    def _submit(self, argv: list[str], name: str, failed_before: set[str]) -> str:
+        self.log.info("Submitting: %s", shell_line(argv))
+        try:
+            job_id = self.hook.submit(argv, name, ignore=failed_before)
+        except LsfRejected as err:
+            raise AirflowFailException(str(err)) from err
+        except LsfError as err:
+            raise AirflowException(str(err)) from err
+        self.log.info("Submitted LSF job %s (%s) for %s", job_id, name, self.source or self.task_id)
+        return job_id
+
     # -- execution
 
     def execute(self, context: Context) -> dict[str, Any] | None:
+        """Find or submit the job, then follow it here (blocking) or in the triggerer (deferrable)."""
         name = self.lsf_name(context)
         argv = self.bsub_argv(name)
         if self.dry_run_submit:
             self.log.info("Dry run: would submit %s", shell_line(argv))
             return None
         submitted_at = time.time()
-        job: JobStatus | None = None
-        failed_before: set[str] = set()
-        if self.reattach:
-            try:
-                job, failed_before = self._earlier_job(context, name)
-            except LsfRejected as err:
-                raise AirflowFailException(f"Could not check LSF for an earlier job {name}: {err}") from err
-            except LsfError as err:
-                raise AirflowException(
-                    f"Could not check LSF for an earlier job {name} ({err}); not submitting"
-                ) from err
+        job, failed_before = self._look_for_earlier(context, name)
         if job is not None:
             self.lsf_job_id = job.job_id
             self.log.info("Found LSF job %s (%s), %s", job.job_id, name, job.stat)
-            if job.phase == "success":
+            if job.phase == "success" or (job.phase == "failure" and not self.resubmit_failed):
                 self._remember(context, job.job_id, name, submitted_at)
-                return self._succeed(JobWatch(job.job_id, name, submitted_at).final(job))
-            if job.phase == "failure" and self.resubmit_failed:
+                return self._finish(self._watch(job.job_id, name, submitted_at).final(job).event)
+            if job.phase == "failure":
                 self.log.info("Earlier LSF job %s failed (%s); submitting it again", job.job_id, job.exit_reason)
                 failed_before.add(job.job_id)
                 job = None
-            elif job.phase == "failure":
-                self._remember(context, job.job_id, name, submitted_at)
-                return self._finish(JobWatch(job.job_id, name, submitted_at).final(job))
             else:
-                # Re-attaching: the job is visible, so no grace period is needed.
-                submitted_at = 0.0
+                submitted_at = 0.0  # re-attaching: the job is visible, so no grace period is needed
         if job is None:
-            self.log.info("Submitting: %s", shell_line(argv))
-            try:
-                self.lsf_job_id = self.hook.submit(argv, name, ignore=failed_before)
-            except LsfRejected as err:
-                raise AirflowFailException(str(err)) from err
-            except LsfError as err:
-                raise AirflowException(str(err)) from err
-            self.log.info("Submitted LSF job %s (%s) for %s", self.lsf_job_id, name, self.source or self.task_id)
+            self.lsf_job_id = self._submit(argv, name, failed_before)
         assert self.lsf_job_id is not None
         self._remember(context, self.lsf_job_id, name, submitted_at)
         if self.deferrable:
@@ -301,15 +278,8 @@ class LsfJobOperator(BaseOperator):
                     job_id=self.lsf_job_id,
                     job_name=name,
                     submitted_at=submitted_at,
+                    settings=self.hook.base_settings,
                     lsf_conn_id=self.lsf_conn_id,
-                    profile=self.profile,
-                    poll_interval=self.poll_interval,
-                    first_poll_after=self.first_poll_after,
-                    not_found_grace=self.not_found_grace,
-                    max_poll_failures=self.max_poll_failures,
-                    command_timeout=self.command_timeout,
-                    output_format=self.output_format,
-                    bhist_files=self.bhist_files,
                     cancel_on_kill=self.cancel_on_kill,
                 ),
                 method_name="execute_complete",
@@ -319,25 +289,18 @@ class LsfJobOperator(BaseOperator):
 
     def _wait(self, job_id: str, name: str, submitted_at: float) -> dict[str, Any]:
         """Blocking mode: the trigger's loop, in the worker."""
-        watch = JobWatch(
-            job_id=job_id,
-            job_name=name,
-            submitted_at=submitted_at,
-            not_found_grace=self.not_found_grace,
-            max_poll_failures=self.max_poll_failures,
-            log=self.log,
-        )
+        watch = self._watch(job_id, name, submitted_at)
         while True:
-            outcome: dict[str, Any] | str | None
+            outcome: Outcome
             try:
                 outcome = watch.observe(self.hook.statuses([job_id]), time.time())
-                if outcome == NEED_HISTORY:
+                if isinstance(outcome, AskHistory):
                     outcome = watch.observe_history(self.hook.history(job_id))
             except LsfError as err:
                 outcome = watch.observe_failure(err)
-            if isinstance(outcome, dict):
-                return outcome
-            time.sleep(watch.backoff(self.poll_interval))
+            if isinstance(outcome, Finished):
+                return outcome.event
+            time.sleep(watch.backoff(self.hook.settings.poll_interval_seconds))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: succeed, or raise with the job's own words."""

@@ -8,26 +8,22 @@ the first write, so a refusal writes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hortacloud.metadata import (
-    COMPLETE,
-    SWC_FILES,
+from hortacloud.metadata.documents import (
     DateDocument,
     GuardRefusal,
-    MetadataReport,
     NeuronFolder,
-    NeuronMapping,
     build_document,
     check_guard,
     decode_soma,
     described_neurons,
-    is_date,
-    near_misses,
     neuron_ids,
 )
+from hortacloud.metadata.mapping import COMPLETE, SWC_FILES, NeuronMapping, is_date, near_misses
+from hortacloud.metadata.report import MetadataReport
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +31,17 @@ JSON_CONTENT_TYPE = "application/json"
 
 
 def tracings_prefix(location: str) -> str:
+    """The bucket prefix of one tracing location's trees."""
     return f"tracings/{location}/"
 
 
 def metadata_key(location: str, date: str) -> str:
+    """The key of one location and date's ``metadata.json``."""
     return f"neurons/{location}/{date}/metadata.json"
 
 
 def neurons_json_key(date: str) -> str:
+    """The key of a sample's ``neurons.json``, the file HortaCloud imports."""
     return f"images/{date}/neurons.json"
 
 
@@ -78,6 +77,7 @@ def read_object(client: Any, bucket: str, key: str) -> bytes | None:
 
 
 def object_exists(client: Any, bucket: str, key: str) -> bool:
+    """True when ``key`` exists (a HEAD request; a 404 is False, any other error is raised)."""
     from botocore.exceptions import ClientError
 
     try:
@@ -115,6 +115,7 @@ class BucketScan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BucketScan:
+        """The scan back from its XCom form."""
         return cls(
             locations={
                 loc: {
@@ -208,16 +209,7 @@ def plan(
     documents: list[DateDocument] = []
     for location in locations:
         dates = scan.locations.get(location, {})
-        report.dates_in_s3[location] = sorted(dates)
-        report.dates_without_mapping[location] = [d for d in sorted(dates) if d not in mapping.dates]
-        report.dates_without_folders[location] = [d for d in sorted(dates) if not dates[d]]
-        for date in report.dates_without_folders[location]:
-            log.warning("tracings/%s/%s/ has no %s neuron folders", location, date, prefix)
-        for date in report.dates_without_mapping[location]:
-            log.warning("tracings/%s/%s/ has no neuron mappings in NeuronBrowser", location, date)
-        for miss in near_misses(dates, mapping.dates):
-            log.warning("%s: %s", location, miss)
-            report.near_misses.append(f"{location}: {miss}")
+        _report_dates(location, dates, mapping, report, prefix)
         for date in sorted(dates):
             if date not in mapping.dates:
                 continue
@@ -229,19 +221,45 @@ def plan(
                 log.info("%s/%s: folders without a neuron: %s", location, date, ", ".join(document.unmapped_folders))
             documents.append(document)
             report.soma_fallbacks.extend(document.fallbacks)
-            body = document.body()
-            writes.append(PlannedWrite(metadata_key(location, date), body))
-            if location == COMPLETE:
-                if scan.images_ready.get(date):
-                    writes.append(PlannedWrite(neurons_json_key(date), body))
-                else:
-                    log.warning(
-                        "Not writing %s: images/%s/ lacks the files HortaCloud needs to load it yet",
-                        neurons_json_key(date),
-                        date,
-                    )
-                    report.not_loadable.append(date)
+            writes.extend(_writes_of(document, scan, report))
     return writes, documents
+
+
+def _report_dates(
+    location: str,
+    dates: Mapping[str, Sequence[NeuronFolder]],
+    mapping: NeuronMapping,
+    report: MetadataReport,
+    prefix: str,
+) -> None:
+    """The location's dates in the report and the log: all of them, those without a mapping or folders, near misses."""
+    report.dates_in_s3[location] = sorted(dates)
+    report.dates_without_mapping[location] = [d for d in sorted(dates) if d not in mapping.dates]
+    report.dates_without_folders[location] = [d for d in sorted(dates) if not dates[d]]
+    for date in report.dates_without_folders[location]:
+        log.warning("tracings/%s/%s/ has no %s neuron folders", location, date, prefix)
+    for date in report.dates_without_mapping[location]:
+        log.warning("tracings/%s/%s/ has no neuron mappings in NeuronBrowser", location, date)
+    for miss in near_misses(dates, mapping.dates):
+        log.warning("%s: %s", location, miss)
+        report.near_misses.append(f"{location}: {miss}")
+
+
+def _writes_of(document: DateDocument, scan: BucketScan, report: MetadataReport) -> list[PlannedWrite]:
+    """The document's ``metadata.json``, and for tracing_complete its ``neurons.json`` when HortaCloud can load it."""
+    body = document.body()
+    writes = [PlannedWrite(metadata_key(document.location, document.date), body)]
+    if document.location == COMPLETE:
+        if scan.images_ready.get(document.date):
+            writes.append(PlannedWrite(neurons_json_key(document.date), body))
+        else:
+            log.warning(
+                "Not writing %s: images/%s/ lacks the files HortaCloud needs to load it yet",
+                neurons_json_key(document.date),
+                document.date,
+            )
+            report.not_loadable.append(document.date)
+    return writes
 
 
 def existing_metadata(client: Any, bucket: str, locations: Iterable[str]) -> dict[str, bytes]:
@@ -268,12 +286,15 @@ def apply(
     dry_run: bool = False,
     allow_removals: bool = False,
 ) -> MetadataReport:
-    """Plan, guard, then write what differs. On refusal, ``report.refusal`` is set and :class:`GuardRefusal` raised
-    with the report attached as ``err.report``; nothing has been written.
+    """Plan, guard, then write what differs; on a refusal nothing is written.
+
+    On refusal ``report.refusal`` is set and :class:`GuardRefusal` raised with the report attached as
+    ``err.report``.
 
     A file whose new version would drop neurons it describes is kept as it is (``report.removals``) unless
     ``allow_removals``: a neuron that vanished from NeuronBrowser is more often an outage or a data-entry slip than
-    an unpublishing, and HortaCloud would lose it. The other files are written."""
+    an unpublishing, and HortaCloud would lose it. The other files are written.
+    """
     report = MetadataReport(
         dry_run=dry_run,
         injections=mapping.injections,

@@ -1,6 +1,7 @@
-"""The neuron metadata DAG's task bodies: configuration and connections in, plain functions underneath.
+"""The neuron metadata DAG's tasks: fetch the mapping, scan the bucket, build and write, report.
 
-Each function resolves its connections at run time (never at DAG parse time) and returns JSON-able values for XCom.
+Each ``@task`` resolves its connections at run time (never at DAG parse time), calls the plain functions of
+``hortacloud.metadata`` and returns JSON-able values for XCom; the DAG file only wires them.
 """
 
 from __future__ import annotations
@@ -9,9 +10,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from airflow.sdk import TriggerRule, task
+from airflow.sdk.exceptions import AirflowFailException
+
 from hortacloud.config import SiteConfig, load_config
-from hortacloud.metadata import GuardRefusal, MetadataReport, NeuronMapping, build_mapping, check_guard
-from hortacloud.metadata_s3 import BucketScan, apply, scan_bucket
+from hortacloud.metadata.bucket import BucketScan, apply, scan_bucket
+from hortacloud.metadata.documents import GuardRefusal, check_guard
+from hortacloud.metadata.mapping import LOCATIONS, NeuronMapping, build_mapping
+from hortacloud.metadata.report import MetadataReport
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +28,7 @@ def _s3_client(config: SiteConfig) -> Any:
     return S3Hook(aws_conn_id=config.s3.conn_id).get_conn()
 
 
-def fetch_mapping(config: SiteConfig | None = None) -> dict[str, Any]:
+def mapping_from_neuronbrowser(config: SiteConfig | None = None) -> dict[str, Any]:
     """Ask NeuronBrowser for every injection and map them; fails on any NeuronBrowser problem or an empty answer."""
     from hortacloud.neuronbrowser import NeuronBrowserHook
 
@@ -49,7 +55,7 @@ def fetch_mapping(config: SiteConfig | None = None) -> dict[str, Any]:
     return mapping.to_json()
 
 
-def scan(locations: Sequence[str], config: SiteConfig | None = None) -> dict[str, Any]:
+def scan_tracings(locations: Sequence[str], config: SiteConfig | None = None) -> dict[str, Any]:
     """List the tracings of ``locations`` in the bucket (folders, soma.txt, SWC presence, image readiness)."""
     config = config or load_config()
     nb = config.neuronbrowser
@@ -63,7 +69,7 @@ def scan(locations: Sequence[str], config: SiteConfig | None = None) -> dict[str
     return result.to_json()
 
 
-def build_and_write(
+def build_and_apply(
     mapping: dict[str, Any],
     scanned: dict[str, Any],
     locations: Sequence[str],
@@ -104,8 +110,6 @@ def report_payload(report: MetadataReport) -> dict[str, Any]:
 
 
 def _checked(locations: Sequence[str]) -> list[str]:
-    from hortacloud.metadata import LOCATIONS
-
     unknown = [loc for loc in locations if loc not in LOCATIONS]
     if unknown or not locations:
         raise ValueError(f"locations {list(locations)!r} must be a non-empty subset of {list(LOCATIONS)}")
@@ -131,3 +135,41 @@ def log_report(report: dict[str, Any] | None) -> dict[str, Any]:
             '{"allow_removals": true}.'
         )
     return xcom
+
+
+# -- the tasks -------------------------------------------------------------------------------------------------------
+
+
+@task
+def fetch_mapping() -> dict[str, Any]:
+    """Ask NeuronBrowser for every injection and map sample date -> tag -> neuron id."""
+    return mapping_from_neuronbrowser()
+
+
+@task
+def scan(**context: Any) -> dict[str, Any]:
+    """List the chosen tracing locations in the bucket."""
+    return scan_tracings(context["params"]["locations"])
+
+
+@task(retries=0)
+def build_and_write(mapping: dict[str, Any], scanned: dict[str, Any], **context: Any) -> None:
+    """Build every document, guard, write what changed; the report goes to XCom ``report`` for the report task."""
+    params, ti = context["params"], context["ti"]
+    try:
+        build_and_apply(
+            mapping,
+            scanned,
+            params["locations"],
+            dry_run=params["dry_run"],
+            allow_removals=params["allow_removals"],
+            publish=lambda report: ti.xcom_push(key="report", value=report),
+        )
+    except GuardRefusal as err:
+        raise AirflowFailException(f"Refused, nothing written: {err}") from err  # retrying cannot help
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+def report(**context: Any) -> dict[str, Any]:
+    """Log the run's report and return its summary; fail the run when anything upstream failed or was refused."""
+    return log_report(context["ti"].xcom_pull(task_ids="build_and_write", key="report"))

@@ -1,7 +1,7 @@
 """The LSF emulator run as a client would run it: the real executables in subprocesses.
 
 Each test asserts LSF's exact words, the stream they land on and the exit code
-(shared/reference/lsf-behaviour.md part a), because the LSF operator's tests rely on the emulator being faithful.
+(docs/lsf-behaviour.md, part a), because the LSF operator's tests rely on the emulator being faithful.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ import pytest
 from devstack.lsf import BIN_DIR, Emulator
 
 FIRST = 9148559
-
-
-@pytest.fixture
-def lsf(tmp_path: Path) -> Iterator[Emulator]:
-    """A fresh emulated cluster; any job process still running at the end is killed by PID."""
-    emulator = Emulator(tmp_path / "lsf")
-    yield emulator
-    emulator.cleanup()
 
 
 def sh(emulator: Emulator, *argv: str, stdin: str | None = None, **knobs: Any) -> subprocess.CompletedProcess[str]:

@@ -1,33 +1,22 @@
-"""LSF output parsers, names, commands and the job state machine: IBM's exact strings (reference/lsf-behaviour.md)."""
+"""The LSF output parsers against IBM's exact strings (docs/lsf-behaviour.md)."""
 
 from __future__ import annotations
 
-import logging
-import shlex
-
 import pytest
 
-from hortacloud.lsf import (
-    NEED_HISTORY,
-    BjobsResult,
+from hortacloud.lsf.parsers import (
     JobStatus,
-    JobWatch,
     LsfError,
     LsfTransientError,
     Rejected,
     Submitted,
     Transient,
-    bjobs_argv,
-    bsub_argv,
-    lsf_job_name,
     parse_bhist_long,
     parse_bjobs_json,
     parse_bjobs_text,
     parse_bkill,
     parse_bsub,
     phase_of,
-    shell_line,
-    transfer_command,
 )
 
 # -- bsub -------------------------------------------------------------------------------------------------------------
@@ -260,157 +249,3 @@ def test_bkill_errors() -> None:
     with pytest.raises(LsfError, match="User permission denied") as info:
         parse_bkill("", "Job <123>: User permission denied\n", 255)
     assert not isinstance(info.value, LsfTransientError)
-
-
-# -- names and commands -----------------------------------------------------------------------------------------------
-
-
-def test_job_name_is_deterministic_readable_and_distinct() -> None:
-    base = {"dag_id": "d", "run_id": "manual__2026-01-01T00:00:00+00:00", "task_id": "segmentation.transfer"}
-    one = lsf_job_name("seg0510-1", map_index=0, source="/a", **base)
-    assert one == lsf_job_name("seg0510-1", map_index=0, source="/a", **base)
-    assert one.startswith("seg0510-1.") and len(one.split(".")[1]) == 10
-    assert one != lsf_job_name("seg0510-1", map_index=1, source="/a", **base)
-    assert one != lsf_job_name("seg0510-1", map_index=0, source="/b", **base)
-    assert one != lsf_job_name("seg0510-1", map_index=0, source="/a", **{**base, "run_id": "other"})
-    odd = lsf_job_name("a b[1]", map_index=None, source="", **base)
-    assert " " not in odd and "[" not in odd and "]" not in odd
-
-
-def test_transfer_command_quotes_hostile_names() -> None:
-    source = "/data/it's $HOME; rm -rf x"
-    command = transfer_command(
-        "aws s3 sync {source}/ {destination}/ --only-show-errors --profile {aws_profile}",
-        source=source,
-        destination="s3://bucket/segmentation/2023-05-10/",
-        aws_profile="FlyLight",
-    )
-    words = shlex.split(command)
-    assert words == [
-        "aws",
-        "s3",
-        "sync",
-        source + "/",
-        "s3://bucket/segmentation/2023-05-10/",
-        "--only-show-errors",
-        "--profile",
-        "FlyLight",
-    ]
-
-
-def test_transfer_command_unknown_placeholder() -> None:
-    with pytest.raises(ValueError, match="unknown placeholder"):
-        transfer_command("aws s3 sync {src}", source="a", destination="b")
-
-
-def test_bsub_argv_and_shell_line_round_trip() -> None:
-    argv = bsub_argv(
-        command="aws s3 sync 'a b'/ s3://x/",
-        job_name="reg0510.abc",
-        slots=4,
-        project="mouselight",
-        queue="short",
-        runlimit_minutes=210,
-        output_file="/logs/%J.out",
-    )
-    assert argv == [
-        "bsub",
-        "-J",
-        "reg0510.abc",
-        "-n",
-        "4",
-        "-P",
-        "mouselight",
-        "-q",
-        "short",
-        "-W",
-        "210",
-        "-o",
-        "/logs/%J.out",
-        "aws s3 sync 'a b'/ s3://x/",
-    ]
-    assert shlex.split(shell_line(argv)) == argv
-    line = shell_line(["bjobs"], "/misc/lsf/conf/profile.lsf")
-    assert line.startswith(". /misc/lsf/conf/profile.lsf ") and line.endswith("&& bjobs")
-    assert bjobs_argv(["1", "2"]) == [
-        "bjobs",
-        "-a",
-        "-json",
-        "-o",
-        "jobid stat exit_code exit_reason job_name",
-        "1",
-        "2",
-    ]
-    assert bjobs_argv(name="n", output_format="text")[-2:] == ["-J", "n"]
-
-
-# -- the state machine ------------------------------------------------------------------------------------------------
-
-
-def _result(*jobs: JobStatus, not_found: set[str] | None = None) -> BjobsResult:
-    return BjobsResult({job.job_id: job for job in jobs}, not_found or set())
-
-
-def _watch(**kwargs: object) -> JobWatch:
-    return JobWatch(job_id="7", job_name="n", submitted_at=1000.0, not_found_grace=10.0, max_poll_failures=3, **kwargs)
-
-
-def test_watch_sequence_logs_every_change(caplog: pytest.LogCaptureFixture) -> None:
-    watch = _watch(log=logging.getLogger("test.watch"))
-    caplog.set_level(logging.INFO, "test.watch")
-    assert watch.observe(_result(JobStatus("7", "PEND", "n")), 1001) is None
-    assert watch.observe(_result(JobStatus("7", "PEND", "n")), 1002) is None
-    assert watch.observe(_result(JobStatus("7", "SSUSP", "n")), 1003) is None
-    assert watch.observe(_result(JobStatus("7", "UNKWN", "n")), 1004) is None
-    assert watch.observe(_result(JobStatus("7", "RUN", "n")), 1005) is None
-    final = watch.observe(_result(JobStatus("7", "DONE", "n")), 1006)
-    assert isinstance(final, dict) and final["status"] == "success"
-    changes = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
-    assert len(changes) == 5
-    assert "submitted -> PEND" in changes[0] and "RUN -> DONE" in changes[-1]
-
-
-def test_watch_failure_message_has_code_and_reason() -> None:
-    final = _watch().observe(_result(JobStatus("7", "EXIT", "n", 137, "TERM_MEMLIMIT: job killed")), 1001)
-    assert isinstance(final, dict)
-    assert final["status"] == "failed" and final["exit_code"] == 137
-    assert "exit code 137" in final["message"] and "TERM_MEMLIMIT" in final["message"]
-    blank = _watch().observe(_result(JobStatus("7", "EXIT", "n", None, "")), 1001)
-    assert isinstance(blank, dict) and "unknown exit code" in blank["message"]
-
-
-def test_watch_requeue_is_not_an_end() -> None:
-    watch = _watch()
-    assert watch.observe(_result(JobStatus("7", "RUN", "n")), 1001) is None
-    assert watch.observe(_result(JobStatus("7", "PEND", "n")), 1002) is None
-    assert watch.last_stat == "PEND"
-
-
-def test_watch_not_found_grace_then_history() -> None:
-    watch = _watch()
-    assert watch.observe(_result(not_found={"7"}), 1005) is None
-    assert watch.observe(_result(not_found={"7"}), 1011) == NEED_HISTORY
-    assert watch.observe_history(JobStatus("7", "DONE", "n"))["status"] == "success"  # type: ignore[index]
-    lost = _watch().observe_history(None)
-    assert lost is not None and lost["status"] == "failed" and "history is lost" in lost["message"]
-    assert _watch().observe_history(JobStatus("7", "RUN", "n")) is None
-
-
-def test_watch_reused_id_is_not_our_job() -> None:
-    watch = _watch()
-    assert watch.observe(_result(JobStatus("7", "RUN", "someone-else")), 1001) == NEED_HISTORY
-    lost = watch.observe_history(JobStatus("7", "DONE", "someone-else"))
-    assert lost is not None and lost["status"] == "failed"
-
-
-def test_watch_bounded_consecutive_failures() -> None:
-    watch = _watch()
-    assert watch.observe_failure(LsfTransientError("LSF is down")) is None
-    assert watch.observe_failure(LsfTransientError("LSF is down")) is None
-    assert watch.backoff(1.0) >= 4.0
-    assert watch.observe(_result(JobStatus("7", "RUN", "n")), 1001) is None  # a good poll resets the count
-    assert watch.backoff(1.0) == 1.0
-    for _ in range(2):
-        assert watch.observe_failure(LsfTransientError("x")) is None
-    final = watch.observe_failure(LsfTransientError("LSF is down"))
-    assert final is not None and final["status"] == "error" and "3 times in a row" in final["message"]
