@@ -20,26 +20,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.procs import LOOPBACK, ManagedProcess, free_port, proc_stat, wait_gone
+import psutil
+import requests
+
+from devstack.procs import LOOPBACK, ManagedProcess, free_port, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -371,13 +372,11 @@ class AirflowStack:
 
     def pss_mib(self) -> float:
         """Proportional set size of all the stack's processes, in MiB (shared pages counted once)."""
-        total_kib = 0
+        total = 0
         for pid in self.pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                    if line.startswith("Pss:"):
-                        total_kib += int(line.split()[1])
-        return total_kib / 1024
+            with contextlib.suppress(psutil.Error):
+                total += psutil.Process(pid).memory_full_info().pss
+        return total / 2**20
 
     def __enter__(self) -> AirflowClient:
         return self.start()
@@ -397,54 +396,27 @@ class Listener:
 
 
 def _live_pids() -> set[int]:
-    return {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
+    return set(psutil.pids())
 
 
 def _descendants(roots: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid in _live_pids():
-        if (fields := proc_stat(pid)) is not None:
-            children.setdefault(int(fields[1]), []).append(pid)
     found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            found.update(child.pid for child in psutil.Process(root).children(recursive=True))
     return found
 
 
-def _decode_address(hex_address: str, proto: str) -> tuple[str, int]:
-    host, port = hex_address.split(":")
-    raw = bytes.fromhex(host)
-    # /proc/net prints each 32-bit word in host (little-endian) order.
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    address = ipaddress.IPv6Address(words) if proto.endswith("6") else ipaddress.IPv4Address(words)
-    return str(address), int(port, 16)
-
-
 def listening_sockets(pids: Iterable[int]) -> list[Listener]:
-    """Listening TCP sockets and bound UDP sockets owned by ``pids`` (read from /proc, no ``ss`` needed)."""
-    owner: dict[int, int] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:["):
-                        owner[int(target[8:-1])] = pid
+    """Listening TCP sockets and bound UDP sockets owned by ``pids``."""
     found = []
-    for proto in ("tcp", "tcp6", "udp", "udp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], int(fields[9])
-                listening = state == "0A" if proto.startswith("tcp") else state == "07"
-                if listening and inode in owner:
-                    address, port = _decode_address(local, proto)
-                    if port:
-                        found.append(Listener(proto, address, port, owner[inode]))
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                tcp = conn.type == socket.SOCK_STREAM
+                if (conn.status == psutil.CONN_LISTEN if tcp else not conn.raddr) and conn.laddr and conn.laddr.port:
+                    proto = ("tcp" if tcp else "udp") + ("6" if conn.family == socket.AF_INET6 else "")
+                    found.append(Listener(proto, conn.laddr.ip, conn.laddr.port, pid))
     return found
 
 
@@ -457,6 +429,8 @@ class AirflowClient:
         self._password = password
         self._token: str | None = None
         self.timeout = timeout
+        # One pooled session: connections are reused and closed with it (no CLOSE-WAIT sockets while polling).
+        self._session = requests.Session()
 
     def __repr__(self) -> str:
         return f"AirflowClient({self.base_url!r}, user={self.username!r})"
@@ -466,17 +440,11 @@ class AirflowClient:
     def _send(
         self, method: str, path: str, body: Any, headers: dict[str, str], timeout: float | None = None
     ) -> tuple[int, bytes]:
-        data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"} | headers
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            with error:  # else its socket lingers in CLOSE-WAIT
-                return error.code, error.read()
+        response = self._session.request(
+            method, self.base_url + path, json=body, headers=headers, timeout=timeout or self.timeout
+        )
+        return response.status_code, response.content
 
     def token(self) -> str:
         """A fresh access token for the admin user."""
