@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.dag_runs import run_dag, task_states
 from tests.fixtures.mouselight_bucket import EXPECTED_WRITES, seed, snapshot
 
 pytestmark = pytest.mark.airflow
@@ -31,25 +32,6 @@ def site(airflow_db, s3_server, nb_server, s3_client, fresh_bucket, site_config,
     return fresh_bucket
 
 
-def _dag():  # type: ignore[no-untyped-def]
-    # Parsed afresh for every run. Seen with Airflow 3.3.2: after dag.test(run_conf={"locations": [...]}), a later
-    # dag.test(run_conf={}) on the same DAG object ran with the earlier locations, not the Param defaults.
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(ROOT / "dags" / f"{DAG_ID}.py")).dags[DAG_ID]
-    for task in dag.tasks:
-        task.retries = 0  # a failing NeuronBrowser must fail the run now, not after minutes of retry delay
-    return dag
-
-
-def _run(conf: dict[str, Any]):  # type: ignore[no-untyped-def]
-    return _dag().test(run_conf=conf)
-
-
-def _states(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-
-
 def _report(run) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     ti = next(ti for ti in run.get_task_instances() if ti.task_id == "report")
     report: dict[str, Any] = ti.xcom_pull(task_ids="report")
@@ -57,9 +39,10 @@ def _report(run) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 
 def test_dag_shape_schedule_and_params() -> None:
+    from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import AssetOrTimeSchedule
 
-    dag = _dag()
+    dag = DagBag(dag_folder=str(ROOT / "dags" / f"{DAG_ID}.py")).dags[DAG_ID]
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
     schedule = repr(dag.timetable)
     assert "name='hortacloud_tracings'" in schedule
@@ -75,8 +58,8 @@ def test_dag_shape_schedule_and_params() -> None:
 
 
 def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client, nb_server, capfd, caplog) -> None:
-    run = _run({})
-    assert str(run.state) == "success", _states(run)
+    run = run_dag(DAG_ID, {}, retries=0)
+    assert str(run.state) == "success", task_states(run)
     report = _report(run)
     assert sorted(report["written"]) == EXPECTED_WRITES
     assert report["dates_in_s3"] == {"Finished_Neurons": 2, "tracing_complete": 6}
@@ -89,8 +72,8 @@ def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client
     assert report["refused"] == [] and report["unchanged"] == 0
 
     before = snapshot(s3_client, site)
-    again = _run({"locations": ["tracing_complete"]})
-    assert str(again.state) == "success", _states(again)
+    again = run_dag(DAG_ID, retries=0, conf={"locations": ["tracing_complete"]})
+    assert str(again.state) == "success", task_states(again)
     second = _report(again)
     assert second["written"] == [] and second["unchanged"] == 6
     assert second["dates_in_s3"] == {"tracing_complete": 6}
@@ -98,8 +81,8 @@ def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client
 
     # NeuronBrowser now knows only one sample: the guard refuses, the run fails, the report still says why.
     nb_server.set(only=["inj-2017"])
-    refused = _run({})
-    states = _states(refused)
+    refused = run_dag(DAG_ID, {}, retries=0)
+    states = task_states(refused)
     assert str(refused.state) == "failed", states
     assert states["build_and_write"] == "failed" and states["report"] == "failed"
     out, err = capfd.readouterr()
@@ -111,13 +94,13 @@ def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client
 def test_a_neuron_gone_from_neuronbrowser_keeps_its_files_until_removals_are_allowed(
     site, s3_client, nb_server, capfd, caplog
 ) -> None:
-    assert str(_run({}).state) == "success"
+    assert str(run_dag(DAG_ID, {}, retries=0).state) == "success"
     before = snapshot(s3_client, site)
     # One of the two injections of 2019-03-10 disappears: AA0701 (G-002) is no longer mapped.
     everything_else = [i["id"] for i in json.loads(FIXTURE.read_text())["injections"] if i["id"] != "inj-2019-b"]
     nb_server.set(only=everything_else)
-    kept = _run({})
-    states = _states(kept)
+    kept = run_dag(DAG_ID, {}, retries=0)
+    states = task_states(kept)
     assert str(kept.state) == "failed", states
     assert states["build_and_write"] == "success" and states["report"] == "failed"
     removals = kept.get_task_instance("build_and_write").xcom_pull(task_ids="build_and_write", key="report")["xcom"][
@@ -131,8 +114,8 @@ def test_a_neuron_gone_from_neuronbrowser_keeps_its_files_until_removals_are_all
     out, err = capfd.readouterr()
     assert "2 file(s) kept as they are because NeuronBrowser no longer maps neurons" in out + err + caplog.text
 
-    allowed = _run({"allow_removals": True})
-    assert str(allowed.state) == "success", _states(allowed)
+    allowed = run_dag(DAG_ID, retries=0, conf={"allow_removals": True})
+    assert str(allowed.state) == "success", task_states(allowed)
     assert sorted(_report(allowed)["written"]) == sorted(removals)
     document = json.loads(s3_client.get_object(Bucket=site, Key="images/2019-03-10/neurons.json")["Body"].read())
     assert sorted(document["neurons"]) == ["AA0700", "AA0702"]
@@ -156,8 +139,8 @@ def test_neuronbrowser_failure_fails_the_run_and_writes_nothing(
 ) -> None:
     nb_server.set(**fault)
     before = snapshot(s3_client, site)
-    run = _run({})
-    states = _states(run)
+    run = run_dag(DAG_ID, {}, retries=0)
+    states = task_states(run)
     assert str(run.state) == "failed", states
     assert states["fetch_mapping"] == "failed"
     assert states["build_and_write"] == "upstream_failed"
@@ -174,4 +157,4 @@ def test_bad_locations_param_is_refused(site) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError):
-        _run({"locations": ["Finished_Neurons", "carveouts"]})
+        run_dag(DAG_ID, retries=0, conf={"locations": ["Finished_Neurons", "carveouts"]})

@@ -14,6 +14,9 @@ import pytest
 from devstack.localsite import cluster_roots, emulated_lsf, site_toml
 from devstack.lsf import Emulator
 from tests.conftest import BUCKET
+from tests.fixtures.dag_runs import bucket_keys, run_dag
+
+UPLOAD_DAG = "hortacloud_upload_sample"
 
 pytestmark = pytest.mark.airflow
 
@@ -45,23 +48,8 @@ def cluster_site(tmp_path: Path, site_config, s3_server, lsf: Emulator, monkeypa
     return tmp_path
 
 
-def _run(conf: dict):  # type: ignore[no-untyped-def]
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags["hortacloud_upload_sample"]
-    return dag.test(run_conf=conf)
-
-
-def _keys(client, prefix: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        for item in page.get("Contents", []):
-            found[item["Key"]] = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode()
-    return found
-
-
 def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s3_client):  # type: ignore[no-untyped-def]
-    run = _run({"sample": SAMPLE, "products": ["registration", "segmentation", "tracings"]})
+    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["registration", "segmentation", "tracings"]})
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "success", states
     assert states[("registration.transfer", 0)] == "success"
@@ -82,12 +70,14 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
         "tracings.transfer": "tra0510-1",
     }
 
-    assert _keys(s3_client, f"registration/{SAMPLE}/") == {
+    assert bucket_keys(s3_client, BUCKET, bodies=True, prefix=f"registration/{SAMPLE}/") == {
         f"registration/{SAMPLE}/transform.h5": "reg",
         f"registration/{SAMPLE}/sub/points.csv": "1,2,3\n",
     }
-    assert _keys(s3_client, f"segmentation/{SAMPLE}/") == {f"segmentation/{SAMPLE}/tile-0001.tif": "seg"}
-    assert _keys(s3_client, f"tracings/Finished_Neurons/{SAMPLE}/") == {
+    assert bucket_keys(s3_client, BUCKET, bodies=True, prefix=f"segmentation/{SAMPLE}/") == {
+        f"segmentation/{SAMPLE}/tile-0001.tif": "seg"
+    }
+    assert bucket_keys(s3_client, BUCKET, bodies=True, prefix=f"tracings/Finished_Neurons/{SAMPLE}/") == {
         f"tracings/Finished_Neurons/{SAMPLE}/it's $HOME; rm -rf x/G-001.swc": "1 1 0 0 0 1 -1\n"
     }
 
@@ -103,7 +93,7 @@ def test_cluster_products_land_through_lsf_jobs(airflow_db, cluster_site, lsf, s
 
 
 def test_dry_run_submits_nothing(airflow_db, cluster_site, lsf):  # type: ignore[no-untyped-def]
-    run = _run({"sample": SAMPLE, "products": ["segmentation", "tracings"], "dry_run": True})
+    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["segmentation", "tracings"], "dry_run": True})
     assert str(run.state) == "success"
     assert lsf.argvs() == []  # not even a lookup: nothing reaches LSF
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
@@ -118,7 +108,7 @@ def test_a_done_job_that_left_files_behind_fails_the_verification(
     lsf_section = emulated_lsf(cluster_site / "logs", 0.2) | {"transfer_command": "echo {source} {destination}"}
     sections = {"s3": {"bucket": fresh_bucket}, "cluster": cluster_roots(cluster_site), "lsf": lsf_section}
     site_config(site_toml(sections))
-    run = _run({"sample": SAMPLE, "products": ["tracings"]})
+    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["tracings"]})
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "failed", states
     assert states["tracings.transfer"] == "success" and states["tracings.verify"] == "failed"
@@ -142,7 +132,7 @@ def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf
     # Scripted job (a failure would be retried after the DAG's retry_delay of minutes): the point is the path
     # execute -> defer -> LsfJobTrigger run by Airflow -> execute_complete.
     lsf.set_knobs(FAKE_LSF_PLAN="PEND:0.5,RUN:0.5,DONE")
-    run = _run({"sample": SAMPLE, "products": ["segmentation"]})
+    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["segmentation"]})
     (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "segmentation.transfer"]
     assert str(ti.state) == "success"
     assert ti.xcom_pull(task_ids="segmentation.transfer", map_indexes=0)["stat"] == "DONE"

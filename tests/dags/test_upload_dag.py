@@ -9,6 +9,9 @@ import pytest
 
 from devstack.sampletree import make_sample
 from tests.conftest import BUCKET
+from tests.fixtures.dag_runs import bucket_keys, run_dag, task_states
+
+UPLOAD_DAG = "hortacloud_upload_sample"
 
 pytestmark = pytest.mark.airflow
 
@@ -31,34 +34,15 @@ progress_interval_seconds = 1
     return sample
 
 
-def _run(conf: dict):  # type: ignore[no-untyped-def]
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags["hortacloud_upload_sample"]
-    return dag.test(run_conf=conf)
-
-
-def _keys(client, prefix: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        for item in page.get("Contents", []):
-            found[item["Key"]] = item["Size"]
-    return found
-
-
-def _states(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-
-
 def test_images_run_lands_the_sample_and_skips_unchosen_products(airflow_db, upload_site, s3_client):
-    run = _run({"sample": "2023-05-10"})
-    states = _states(run)
+    run = run_dag(UPLOAD_DAG, {"sample": "2023-05-10"})
+    states = task_states(run)
     assert str(run.state) == "success", states
     assert states["plan"] == "success" and states["images.upload"] == "success"
     for name in ("registration", "segmentation", "tracings", "carveouts"):
         group = {task: state for task, state in states.items() if task.startswith(f"{name}.")}
         assert group and set(group.values()) == {"skipped"}, group
-    landed = _keys(s3_client, "images/2023-05-10/")
+    landed = bucket_keys(s3_client, BUCKET, "images/2023-05-10/")
     expected = {}
     for directory, _, names in os.walk(upload_site):
         for name in names:
@@ -75,14 +59,14 @@ def test_images_run_lands_the_sample_and_skips_unchosen_products(airflow_db, upl
 def test_bad_samples_are_refused_before_anything_runs(airflow_db, upload_site, s3_client, sample):
     from airflow.sdk.exceptions import ParamValidationError
 
-    before = _keys(s3_client, "images/")
+    before = bucket_keys(s3_client, BUCKET, "images/")
     try:
-        run = _run({"sample": sample})
+        run = run_dag(UPLOAD_DAG, {"sample": sample})
     except ParamValidationError as err:  # refused by the Param's pattern/format before the run exists
         assert repr(sample).strip("'") in str(err) or sample in str(err)
     else:
-        states = _states(run)
+        states = task_states(run)
         assert str(run.state) == "failed"
         assert states["plan"] == "failed"
         assert states["images.upload"] in ("upstream_failed", "skipped")
-    assert _keys(s3_client, "images/") == before
+    assert bucket_keys(s3_client, BUCKET, "images/") == before
