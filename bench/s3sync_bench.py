@@ -1,8 +1,12 @@
-"""Our sync engine against ``s5cmd sync`` and ``aws s3 sync`` on one local SeaweedFS.
+"""Our sync engine against ``s5cmd sync``, ``aws s3 sync`` and a plain boto3 uploader on one local SeaweedFS.
 
 Each tool syncs the same generated trees to its own prefix, first cold and then again with nothing changed; the
-table shows wall time, files/s, MB/s, peak RSS and our time as a ratio of each tool's. A last pair of runs
-compares our peak RSS on a 5,000-file and a 50,000-file tree (memory must not grow with the tree).
+table shows wall time, files/s, MB/s, peak RSS and our time as a ratio of each tool's. The trees: *small* (5,000
+files of 64 KiB), *mixed* (5,000 of 64-512 KiB plus two of 64 MiB) and *ktx* (a real sample's shape: 48 blocks of
+36-46 MiB over three octree levels plus two 160 MiB tiffs). For each tree a disk-write ceiling (``dd ...
+conv=fdatasync`` of the tree's bytes, on the disk SeaweedFS writes to) says how close to the machine's limit the
+cold syncs run. A last pair of runs compares our peak RSS on a 5,000-file and a 50,000-file tree (memory must
+not grow with the tree).
 
 Run with ``make bench``; ``--quick`` uses trees a tenth the size to check the harness itself.
 """
@@ -96,6 +100,7 @@ def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, Callable[
     s5cmd = str(s5cmd_binaries[0])
     aws = str(tools_venv / "bin" / "aws")
     return {
+        "boto3": lambda src, dst: [sys.executable, "-m", "bench.boto3_sync", str(src), dst],
         "hortacloud": lambda src, dst: [
             sys.executable,
             "-m",
@@ -120,14 +125,33 @@ def tool_commands(tools_venv: Path, endpoint: S3Endpoint) -> dict[str, Callable[
 
 
 def make_trees(root: Path, scale: float) -> dict[str, Path]:
-    """The benchmark trees under ``root`` by name: 64 KiB files only, and 64-512 KiB files plus two of 64 MiB."""
+    """The benchmark trees under ``root`` by name (see the module docstring); ``scale`` shrinks them."""
     count = max(int(5000 * scale), 50)
+    blocks = max(int(48 * scale), 12)
     return {
         "small": make_flat_tree(root / "small", count, lambda rng: 64 * KIB, seed=1),
         "mixed": make_flat_tree(
             root / "mixed", count, lambda rng: rng.randint(64 * KIB, 512 * KIB), seed=2, big=(64 * MIB, 64 * MIB)
         ),
+        "ktx": make_flat_tree(
+            root / "ktx", blocks, lambda rng: rng.randint(36 * MIB, 46 * MIB), seed=4, big=(160 * MIB, 160 * MIB)
+        ),
     }
+
+
+def disk_ceiling(folder: Path, size: int) -> float:
+    """MB/s of writing ``size`` bytes to ``folder`` with ``dd ... conv=fdatasync`` (the disk's own limit)."""
+    target = folder / "dd-ceiling.bin"
+    count = max(size // MIB, 1)
+    started = time.perf_counter()
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}", "conv=fdatasync"],
+        check=True,
+        capture_output=True,
+    )
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return count * MIB / 1e6 / seconds
 
 
 def print_table(rows: list[Measurement]) -> None:
@@ -175,8 +199,11 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
         env |= {"AWS_CONFIG_FILE": str(workdir / "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "none")}
         commands = tool_commands(tools_venv, endpoint)
         rows: list[Measurement] = []
+        ceilings: dict[str, float] = {}
         for tree_name, tree in trees.items():
             files, size = tree_bytes(tree)
+            ceilings[tree_name] = disk_ceiling(workdir, size)
+            print(f"  {tree_name}: disk-write ceiling {ceilings[tree_name]:.0f} MB/s", flush=True)
             tools = list(commands)
             random.Random(tree_name).shuffle(tools)  # no tool always goes first
             for phase in ("cold", "no-op"):
@@ -186,6 +213,11 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
                     rows.append(Measurement(tool, tree_name, phase, seconds, files, size, peak))
                     print(f"  {tree_name} {phase} {tool}: {seconds:.2f} s, peak RSS {peak:.1f} MiB", flush=True)
         print_table(rows)
+        print("\nOur cold MB/s as a fraction of the disk-write ceiling (the same bytes, dd conv=fdatasync):")
+        for tree_name in trees:
+            ours = next(r for r in rows if (r.tool, r.tree, r.phase) == ("hortacloud", tree_name, "cold"))
+            share = ours.mb_per_second / ceilings[tree_name]
+            print(f"  {tree_name:<6} {ours.mb_per_second:7.1f} of {ceilings[tree_name]:7.1f} MB/s ({share:.0%})")
 
         print("\nMemory: our peak RSS against tree size (4 KiB files)", flush=True)
         _, baseline = run_measured([sys.executable, "-m", "hortacloud.s3sync", "--help"], env)
@@ -204,10 +236,11 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
     small_count, large_count = sorted(rss)
     checks = [
         (
-            f"cold {tree}: at least as fast as s5cmd",
-            time_of("hortacloud", tree, "cold") <= time_of("s5cmd", tree, "cold"),
+            f"cold {tree}: at least as fast as {tool}",
+            time_of("hortacloud", tree, "cold") <= time_of(tool, tree, "cold"),
         )
         for tree in trees
+        for tool in ("s5cmd", "aws")
     ]
     checks += [
         (
@@ -215,6 +248,11 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
             time_of("hortacloud", tree, "no-op") <= 1.5 * time_of("s5cmd", tree, "no-op"),
         )
         for tree in trees
+    ]
+    checks += [
+        (f"peak RSS {tree} cold: at most 256 MiB ({peak:.0f})", peak <= 256)
+        for tree in trees
+        for peak in [next(r.peak_rss_mib for r in rows if (r.tool, r.tree, r.phase) == ("hortacloud", tree, "cold"))]
     ]
     growth = rss[large_count] / rss[small_count] - 1
     checks.append(

@@ -37,7 +37,7 @@ from hortacloud.sample import (
     SAMPLE_PATTERN,
     SAMPLE_RULE,
 )
-from hortacloud.tasks.upload import announce, jobs, plan, upload, verify
+from hortacloud.tasks.upload import announce, image_shards, jobs, plan, publish, shard_jobs, upload, verify
 
 CONFIG = load_config()
 
@@ -112,6 +112,15 @@ CONFIG = load_config()
             description="Log what would be uploaded and submitted; write nothing to S3, submit nothing to LSF.",
             section="Options",
         ),
+        "skip_preflight": Param(
+            False,
+            type="boolean",
+            format=FLAG_FORMAT,
+            title="Skip the pre-flight check",
+            description="Publish the images even when transform.txt, the root block or the tiffs would not load in "
+            "HortaCloud (the plan step warns instead of refusing).",
+            section="Options",
+        ),
     },
 )
 def hortacloud_upload_sample() -> None:
@@ -119,8 +128,20 @@ def hortacloud_upload_sample() -> None:
     planned = plan()
     for product in PRODUCTS:
         with TaskGroup(group_id=product.name, tooltip=product.description):
-            if product.mechanism == "s3sync":
-                done = upload(planned[product.name])
+            if product.mechanism == "s3sync" and CONFIG.images.mechanism == "lsf":
+                shards = LsfTransferOperator.partial(
+                    task_id="upload",
+                    pool=CONFIG.lsf.pool,
+                    map_index_template="{{ task.source }}",
+                    name_scope="dag",
+                    deferrable=True,
+                ).expand_kwargs(shard_jobs(planned[product.name]))
+                shards >> (done := publish(planned[product.name]))
+            elif product.mechanism == "s3sync":
+                uploads = upload.override(
+                    pool=CONFIG.images.pool, **({"queue": CONFIG.images.queue} if CONFIG.images.queue else {})
+                ).expand(shard=image_shards(planned[product.name]))
+                uploads >> (done := publish(planned[product.name]))
             else:
                 transferred = LsfTransferOperator.partial(
                     task_id="transfer",
@@ -128,9 +149,9 @@ def hortacloud_upload_sample() -> None:
                     map_index_template="{{ task.job_name }}",
                     # Two runs for one sample follow one live job per folder, never two concurrent transfers.
                     name_scope="dag",
-                ).expand_kwargs(jobs(planned[product.name]))
-                done = verify(product.name, planned[product.name])
-                transferred >> done
+                    deferrable=True,
+                ).expand_kwargs(jobs(product.name, planned[product.name]))
+                transferred >> (done := verify(product.name, planned[product.name]))
             if product.name in PRODUCT_ASSETS:
                 done >> announce.override(outlets=[PRODUCT_ASSETS[product.name]])()
 

@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hortacloud.preflight import ktx_header
+
 EXTRA_FILES = ("default.0.tif", "default.1.tif", "tilebase.cache.yml", "transform.txt")
 # Names a real tree may hold and a naive sync gets wrong: spaces, non-ASCII, URL-special characters, and a
 # file and a folder whose names sort differently as keys ("a-b" < "a/" < "a0").
@@ -60,6 +62,7 @@ def make_sample(
     rng = random.Random(seed)
     for path in octree_paths(depth):
         write_random(folder / block_key(path), block_size(rng), rng)
+    write_root_header(folder / block_key(()), depth)
     if odd_names:
         for name in ODD_NAMES:
             write_random(folder / "ktx" / name, rng.randint(10, 2000), rng)
@@ -70,6 +73,13 @@ def make_sample(
         else:
             write_random(folder / name, rng.randint(2000, 8000), rng)
     return folder
+
+
+def write_root_header(path: Path, depth: int) -> None:
+    """Put a KTX header with the keys Horta reads over the start of the root block (the rest stays random)."""
+    header = ktx_header({"multiscale_total_levels": str(depth + 1), "corner_xyzs": "[[0, 0, 0], [1, 1, 1]]"})
+    body = path.read_bytes()
+    path.write_bytes(header + body[len(header) :])
 
 
 def make_flat_tree(

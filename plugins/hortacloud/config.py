@@ -37,21 +37,39 @@ class S3Config(_Section):
 
 
 class ImagesConfig(_Section):
-    """``[images]``: where a sample's rendered images are found, and what proves their naming is current."""
+    """``[images]``: where a sample's images are found, what proves their naming current, and how they are sharded."""
 
     bases: tuple[str, ...] = Field(min_length=1)
     files: tuple[str, ...]
     root_block: str = Field(min_length=1)
+    mechanism: Literal["worker", "lsf"]
+    shards: int = Field(ge=0, le=1024)
+    target_shard_gib: float = Field(gt=0)
+    max_shards: int = Field(ge=1, le=1024)
+    shard_lists_dir: str
+    shard_command: str = Field(min_length=1)
+    queue: str
+    pool: str = Field(min_length=1)
 
 
 class SyncConfig(_Section):
-    """``[sync]``: the images sync engine's concurrency, multipart sizes, checksum and progress pace."""
+    """``[sync]``: the images sync engine's concurrency, memory, multipart sizes, checksum, timeouts and pace."""
 
     workers: int = Field(ge=1, le=1024)
+    memory_budget_mib: int = Field(ge=256)
     multipart_threshold_mib: int = Field(ge=5)
     part_size_mib: int = Field(ge=5, le=5120)
     checksum: Literal["crc32", "none"]
+    request_timeout_seconds: float = Field(gt=0)
+    stall_timeout_seconds: float = Field(gt=0)
     progress_interval_seconds: float = Field(gt=0)
+
+
+class ManifestsConfig(_Section):
+    """``[manifests]``: whether each publish writes its manifest, and under which key."""
+
+    enabled: bool
+    key: str = Field(min_length=1)
 
 
 class ClusterConfig(_Section):
@@ -113,6 +131,7 @@ class SiteConfig(_Section):
 
     timezone: str
     airflow_api: AirflowApiConfig
+    manifests: ManifestsConfig
     s3: S3Config
     images: ImagesConfig
     sync: SyncConfig

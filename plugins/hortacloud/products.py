@@ -11,9 +11,11 @@ import os
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from hortacloud.config import SiteConfig
+from hortacloud.preflight import PreflightError, preflight
 from hortacloud.sample import (
     check_flag,
     check_folder_names,
@@ -56,6 +58,7 @@ class PlanRequest:
     image_base: str | None = None
     segmentation_dirs: list[str] = field(default_factory=lambda: ["stitching-output"])
     dry_run: bool = False
+    skip_preflight: bool = False
 
 
 @dataclass
@@ -78,6 +81,9 @@ class Product:
     mechanism: Mechanism
     resolve: Resolver
     description: str
+    #: Its sources all go to one prefix, in order, the later winning where two hold the same path: one LSF job
+    #: runs them one after the other, and the verification expects the last source's file for every key.
+    overlay: bool = False
 
 
 def _mmdd(sample: str) -> str:
@@ -107,6 +113,14 @@ def _resolve_images(config: SiteConfig, request: PlanRequest) -> ProductPlan:
             f"images: {base} uses an obsolete naming scheme ({config.images.root_block} is missing); "
             "re-render it with the current KTX names"
         )
+    try:
+        preflight(Path(base), config.images.root_block, config.images.files)
+    except PreflightError as err:
+        if not request.skip_preflight:
+            raise PlanError(
+                f"images: HortaCloud could not load this sample: {err} (skip_preflight publishes anyway)"
+            ) from None
+        plan.warnings.append(f"images: published although HortaCloud could not load it (skip_preflight): {err}")
     prefix = f"images/{request.sample}/"
     plan.transfers.append(Transfer("images", ktx, prefix + "ktx/"))
     for name in config.images.files:
@@ -188,7 +202,12 @@ PRODUCTS: tuple[Product, ...] = (
         "tracings", "Tracings", "lsf", _resolve_tracings, "Finished_Neurons and tracing_complete, one LSF job each"
     ),
     Product(
-        "carveouts", "Carveouts", "lsf", _resolve_carveouts, "both funke roots into carveouts/<date>/, one LSF job each"
+        "carveouts",
+        "Carveouts",
+        "lsf",
+        _resolve_carveouts,
+        "both funke roots into carveouts/<date>/, in order in one LSF job (mouselight-v2 wins)",
+        overlay=True,
     ),
 )
 PRODUCT_NAMES: tuple[str, ...] = tuple(product.name for product in PRODUCTS)
@@ -196,7 +215,7 @@ PRODUCTS_BY_NAME: dict[str, Product] = {product.name: product for product in PRO
 
 
 #: The upload DAG's trigger values; any other key in a run's conf is refused.
-PARAM_NAMES: tuple[str, ...] = ("sample", "products", "image_base", "segmentation_dirs", "dry_run")
+PARAM_NAMES: tuple[str, ...] = ("sample", "products", "image_base", "segmentation_dirs", "dry_run", "skip_preflight")
 #: Most segmentation folders one run may name (each becomes an LSF job).
 MAX_SEGMENTATION_DIRS = 64
 
@@ -211,7 +230,8 @@ def parse_request(params: dict[str, object]) -> PlanRequest:
         params.get("segmentation_dirs", ["stitching-output"]), "segmentation_dirs", MAX_SEGMENTATION_DIRS
     )
     dry_run = check_flag(params.get("dry_run", False), "dry_run")
-    return PlanRequest(sample, products, image_base, dirs, dry_run)
+    skip_preflight = check_flag(params.get("skip_preflight", False), "skip_preflight")
+    return PlanRequest(sample, products, image_base, dirs, dry_run, skip_preflight)
 
 
 @dataclass

@@ -9,19 +9,26 @@ kills nor loses a job: the new triggerer takes the trigger over and follows the 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack.airflow_stack import AirflowClient, AirflowStack
+from devstack.localsite import emulated_lsf, image_bases, site_toml
 from devstack.lsf import Emulator
 from devstack.lsf.state import Job
+from devstack.s3server import S3Endpoint
+from devstack.sampletree import make_sample
 from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.airflow
 
 ROOT = Path(__file__).resolve().parents[2]
+UPLOAD_DAG = "hortacloud_upload_sample"
+SAMPLE = "2023-05-10"
+BUCKET = "hortacloud-lsf-shards"
 
 PROBE_DAG = """
 import pendulum
@@ -72,12 +79,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, cluster: Emulator) -> Iterator[AirflowStack]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cluster site whose images go up as LSF shard jobs: one sample, shards and job output on shared folders."""
+    root = tmp_path_factory.mktemp("lsf-site")
+    make_sample(image_bases(root)[0] / SAMPLE, depth=2)
+    (root / "lsf-output").mkdir()
+    images = {
+        "bases": image_bases(root),
+        "mechanism": "lsf",
+        "shards": 3,
+        "shard_lists_dir": root / "shard-lists",
+        # The cluster's install of the engine: this venv's, with the job's own (inherited) AWS environment.
+        "shard_command": f"{sys.executable} -m hortacloud.s3sync --workers 4 --progress-interval 1 --file-list "
+        "{file_list} {prefixes} --results {results} {source}/ {destination}/",
+    }
+    lsf = emulated_lsf(root / "lsf-output", 0.5) | {"first_poll_seconds": 2}
+    (root / "site.toml").write_text(site_toml({"s3": {"bucket": BUCKET}, "images": images, "lsf": lsf}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, cluster: Emulator, site: Path, s3_server: S3Endpoint
+) -> Iterator[AirflowStack]:
     work = tmp_path_factory.mktemp("lsf-airflow")
     dags = work / "probe_dags"
     dags.mkdir()
     (dags / "probe_lsf.py").write_text(PROBE_DAG)
-    env = cluster.env(base={})
+    s3_server.boto3_client().create_bucket(Bucket=BUCKET)
+    env = cluster.env(base={}) | s3_server.client_env()
+    env |= {"AIRFLOW_CONN_HORTACLOUD_S3": s3_server.connection_json(), "HORTACLOUD_CONFIG": str(site / "site.toml")}
     stack = AirflowStack(
         work / "home", ROOT / "dags", env, plugins_folder=ROOT / "plugins", extra_bundles={"probe": dags}
     )
@@ -168,3 +199,60 @@ def test_triggerer_restart_neither_kills_nor_loses_the_job(stack: AirflowStack, 
     assert len(cluster.argvs("bjobs")) > polls_before  # the new triggerer polled the same job
     assert _only_job(cluster).kill_time is None
     assert ti["state"] == "success"
+
+
+def _keys(s3_server: S3Endpoint, prefix: str) -> dict[str, int]:
+    client = s3_server.boto3_client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {item["Key"]: item["Size"] for page in pages for item in page.get("Contents", [])}
+
+
+def test_images_in_lsf_shards_are_published_discovery_files_last(
+    api: AirflowClient, cluster: Emulator, site: Path, s3_server: S3Endpoint
+) -> None:
+    """[images] mechanism "lsf": each shard is a job whose command really runs the engine into SeaweedFS."""
+    cluster.reset()
+    api.wait_for_dag(UPLOAD_DAG, timeout=60)
+    api.ensure_pool("hortacloud_lsf", 4)
+    api.unpause(UPLOAD_DAG)
+    run_id = api.trigger(UPLOAD_DAG, {"sample": SAMPLE, "products": ["images"]})
+    state = api.wait_for_run(UPLOAD_DAG, run_id, timeout=180, poll=1.0)
+    instances = api.task_instances(UPLOAD_DAG, run_id)
+    assert state == "success", {(ti["task_id"], ti["map_index"]): ti["state"] for ti in instances}
+    shards = {ti["rendered_map_index"] for ti in instances if ti["task_id"] == "images.upload"}
+    assert len(shards) == 4 and "top-level files" in shards
+    submitted = cluster.argvs("bsub")
+    assert len(submitted) == 4 and all("--file-list" in argv[-1] and "--results" in argv[-1] for argv in submitted)
+    sample = image_bases(site)[0] / SAMPLE
+    expected = {
+        f"images/{SAMPLE}/{path.relative_to(sample).as_posix()}": path.stat().st_size
+        for path in sample.rglob("*")
+        if path.is_file()
+    }
+    assert _keys(s3_server, f"images/{SAMPLE}/") == expected
+    assert list(_keys(s3_server, f"manifests/{SAMPLE}/")) == [f"manifests/{SAMPLE}/images.json"]
+
+
+def test_a_publish_killed_mid_way_leaves_a_new_sample_undiscoverable(
+    api: AirflowClient, cluster: Emulator, site: Path, s3_server: S3Endpoint
+) -> None:
+    """The shard jobs are held pending; the user marks the run's shard tasks failed: the jobs are killed, and
+    neither transform.txt nor the root block is in the bucket."""
+    sample = "2023-06-01"
+    make_sample(image_bases(site)[0] / sample, depth=1, odd_names=False)
+    cluster.reset(FAKE_LSF_PEND_SECONDS=600)
+    api.wait_for_dag(UPLOAD_DAG, timeout=60)
+    api.ensure_pool("hortacloud_lsf", 4)
+    api.unpause(UPLOAD_DAG)
+    run_id = api.trigger(UPLOAD_DAG, {"sample": sample, "products": ["images"]})
+    wait_until(lambda: len(cluster.argvs("bsub")) >= 2, 90, "shard jobs submitted", poll=0.5)
+    for ti in api.task_instances(UPLOAD_DAG, run_id, task_id="images.upload"):
+        api.wait_for_deferred(UPLOAD_DAG, run_id, "images.upload", map_index=ti["map_index"], timeout=90)
+        api.mark_task_failed(UPLOAD_DAG, run_id, "images.upload", map_index=ti["map_index"])
+    assert api.wait_for_run(UPLOAD_DAG, run_id, timeout=120, poll=1.0) == "failed"
+    assert api.task_instance(UPLOAD_DAG, run_id, "images.publish")["state"] == "upstream_failed"
+    landed = _keys(s3_server, f"images/{sample}/")
+    assert f"images/{sample}/transform.txt" not in landed and f"images/{sample}/ktx/block_8_xy_.ktx" not in landed
+    wait_until(
+        lambda: len(cluster.argvs("bkill")) >= len(cluster.argvs("bsub")), 60, "every shard job killed", poll=0.5
+    )

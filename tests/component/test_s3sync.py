@@ -13,20 +13,32 @@ import pytest
 
 from devstack.s3server import S3Endpoint
 from devstack.sampletree import ODD_NAMES, block_key, make_sample
-from hortacloud.s3sync import MIB, CrtS3, S3Location, SyncEngine, SyncError, SyncItem, crt_credentials
+from hortacloud.s3sync.engine import SyncEngine, SyncError, SyncItem
+from hortacloud.s3sync.remote import MIB, CrtS3, S3Error, S3Location, crt_credentials
 
 
-def _engine(endpoint: S3Endpoint, bucket: str, **options) -> SyncEngine:  # type: ignore[no-untyped-def]
+def _client(endpoint: S3Endpoint, **options) -> CrtS3:  # type: ignore[no-untyped-def]
     session = botocore.session.get_session()
     session.set_credentials(endpoint.access_key, endpoint.secret_key)
     host = endpoint.url.removeprefix("http://")
-    s3 = CrtS3(
+    return CrtS3(
         S3Location("http", host, endpoint.region, path_style=True),
         crt_credentials(session.get_credentials()),
-        part_size=options.pop("part_size", 16 * MIB),
-        multipart_threshold=options.pop("multipart_threshold", 64 * MIB),
+        part_size=options.pop("part_size", 8 * MIB),
+        multipart_threshold=options.pop("multipart_threshold", 8 * MIB),
+        memory_limit=256 * MIB,
+        request_timeout=options.pop("request_timeout", 30.0),
     )
-    return SyncEngine(s3, bucket, workers=options.pop("workers", 8), progress_interval=0.2, **options)
+
+
+def _engine(endpoint: S3Endpoint, bucket: str, **options) -> SyncEngine:  # type: ignore[no-untyped-def]
+    s3 = _client(endpoint, **{k: options.pop(k) for k in list(options) if k in ("part_size", "multipart_threshold")})
+    return _engine_on(s3, bucket, **options)
+
+
+def _engine_on(s3: CrtS3, bucket: str, engine: type[SyncEngine] = SyncEngine, **options) -> SyncEngine:  # type: ignore[no-untyped-def]
+    options = {"workers": 8, "memory_budget": 256 * MIB, "progress_interval": 0.2, **options}
+    return engine(s3, bucket, **options)
 
 
 def _objects(client, bucket: str, prefix: str = "") -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -123,7 +135,7 @@ class _VanishingEngine(SyncEngine):
 
 
 def test_a_failed_upload_fails_the_sync_and_others_still_land(s3_server, s3_client, fresh_bucket, sample):
-    engine = _VanishingEngine(_engine(s3_server, fresh_bucket).s3, fresh_bucket, workers=4)
+    engine = _engine_on(_client(s3_server), fresh_bucket, _VanishingEngine, workers=4)
     engine.victim = sample / block_key(("6",))
     with pytest.raises(SyncError) as err:
         engine.run(_items(sample))
@@ -137,17 +149,17 @@ def test_a_failed_upload_fails_the_sync_and_others_still_land(s3_server, s3_clie
 class _LyingEngine(SyncEngine):
     """Reports one upload as done without sending it: verification must catch it."""
 
-    def upload(self, spool, files, total_bytes, summary, label):  # type: ignore[no-untyped-def]
+    def upload(self, spool, results, progress, summary):  # type: ignore[no-untyped-def]
         lines = spool.readlines()
         import io
 
-        failures = super().upload(io.StringIO("".join(lines[1:])), files - 1, total_bytes, summary, label)
+        failures = super().upload(io.StringIO("".join(lines[1:])), results, progress, summary)
         summary.files_uploaded += 1
         return failures
 
 
 def test_verification_fails_when_an_object_is_missing(s3_server, fresh_bucket, sample):
-    engine = _LyingEngine(_engine(s3_server, fresh_bucket).s3, fresh_bucket, workers=4)
+    engine = _engine_on(_client(s3_server), fresh_bucket, _LyingEngine, workers=4)
     with pytest.raises(SyncError, match=r"(?s)verification failed.*missing in S3"):
         engine.run(_items(sample))
 
@@ -155,17 +167,17 @@ def test_verification_fails_when_an_object_is_missing(s3_server, fresh_bucket, s
 class _CrashingEngine(SyncEngine):
     """Stops after a few uploads, as a worker killed mid-sync would."""
 
-    def upload(self, spool, files, total_bytes, summary, label):  # type: ignore[no-untyped-def]
+    def upload(self, spool, results, progress, summary):  # type: ignore[no-untyped-def]
         import io
 
         head = "".join(spool.readline() for _ in range(10))
-        super().upload(io.StringIO(head), 10, total_bytes, summary, label)
+        super().upload(io.StringIO(head), results, progress, summary)
         raise KeyboardInterrupt
 
 
 def test_a_rerun_after_a_crash_uploads_only_what_is_missing(s3_server, s3_client, fresh_bucket, sample):
     with pytest.raises(KeyboardInterrupt):
-        _CrashingEngine(_engine(s3_server, fresh_bucket).s3, fresh_bucket, workers=4).run(_items(sample))
+        _engine_on(_client(s3_server), fresh_bucket, _CrashingEngine, workers=4).run(_items(sample))
     landed = len(_objects(s3_client, fresh_bucket))
     assert landed == 10
     summary = _engine(s3_server, fresh_bucket).run(_items(sample))
@@ -187,7 +199,7 @@ def test_large_files_go_up_in_parts_intact(s3_server, s3_client, fresh_bucket, t
 
 def test_wrong_credentials_fail_with_the_servers_words(s3_server, fresh_bucket, sample):
     bad = S3Endpoint(s3_server.url, s3_server.access_key, "not-the-secret")
-    with pytest.raises(RuntimeError, match=r"Listing s3://.* failed: HTTP 403 SignatureDoesNotMatch"):
+    with pytest.raises(S3Error, match=r"Listing s3://.* failed: .*HTTP 403 SignatureDoesNotMatch"):
         _engine(bad, fresh_bucket).run(_items(sample))
 
 
@@ -219,10 +231,11 @@ def test_credentials_refreshed_mid_sync_are_used(s3_server, s3_client, fresh_buc
     s3 = CrtS3(
         S3Location("http", s3_server.url.removeprefix("http://"), s3_server.region, path_style=True),
         crt_credentials(credentials),
-        part_size=16 * MIB,
-        multipart_threshold=64 * MIB,
+        part_size=8 * MIB,
+        multipart_threshold=8 * MIB,
+        memory_limit=256 * MIB,
     )
-    summary = SyncEngine(s3, fresh_bucket, workers=8, progress_interval=0.2).run(_items(sample))
+    summary = _engine_on(s3, fresh_bucket).run(_items(sample))
     assert summary.verified and summary.files_uploaded == len(_expected(sample))
     assert _objects(s3_client, fresh_bucket) == _expected(sample)
     # Fetched again and again while the sync ran (listings and uploads), not once at the start.

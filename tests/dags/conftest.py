@@ -104,7 +104,7 @@ def stack(
         site_toml(
             {
                 "s3": {"bucket": E2E_BUCKET},
-                "images": {"bases": [e2e_samples]},
+                "images": {"bases": [e2e_samples], "shards": 3, "shard_lists_dir": e2e_workdir / "shard-lists"},
                 "sync": {"workers": 8},
                 "cluster": cluster_roots(e2e_cluster),
                 "lsf": emulated_lsf(e2e_cluster / "lsf-output", 0.5),

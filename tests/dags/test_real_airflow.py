@@ -46,8 +46,13 @@ def test_upload_dag_end_to_end_against_seaweedfs(api: AirflowClient, e2e_samples
 
     states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in api.task_instances(UPLOAD_DAG, run_id)}
     assert state == "success", states
-    assert states[("plan", -1)] == "success"
-    assert states[("images.upload", -1)] == "success"
+    assert states[("plan", -1)] == "success" and states[("images.publish", -1)] == "success"
+    shards = {
+        ti["rendered_map_index"]: ti["state"]
+        for ti in api.task_instances(UPLOAD_DAG, run_id)
+        if ti["task_id"] == "images.upload"
+    }
+    assert len(shards) == 4 and set(shards.values()) == {"success"}, shards  # three of ktx/, the top-level files
     expected = {
         f"images/{SAMPLE}/{path.relative_to(e2e_samples / SAMPLE).as_posix()}": path.stat().st_size
         for path in (e2e_samples / SAMPLE).rglob("*")

@@ -120,19 +120,12 @@ def test_a_done_job_that_left_files_behind_fails_the_verification(
     assert s3_client.list_objects_v2(Bucket=fresh_bucket).get("KeyCount") == 0
 
 
-def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf, s3_client, monkeypatch):  # type: ignore[no-untyped-def]
-    import hortacloud.tasks.upload
-
-    plain = hortacloud.tasks.upload.transfer_job_kwargs
-    monkeypatch.setattr(
-        hortacloud.tasks.upload,
-        "transfer_job_kwargs",
-        lambda *args, **kwargs: {**plain(*args, **kwargs), "deferrable": True},
-    )
+def test_deferred_jobs_are_followed_by_the_trigger(airflow_db, cluster_site, lsf, s3_client):  # type: ignore[no-untyped-def]
+    # The upload DAG's transfers defer (a multi-hour job must not hold a worker slot): dag.test() runs the trigger.
     # Scripted job (a failure would be retried after the DAG's retry_delay of minutes): the point is the path
     # execute -> defer -> LsfJobTrigger run by Airflow -> execute_complete.
     lsf.set_knobs(FAKE_LSF_PLAN="PEND:0.5,RUN:0.5,DONE")
-    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["segmentation"]})
+    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["segmentation"]}, retries=0)
     (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "segmentation.transfer"]
     assert str(ti.state) == "success"
     assert ti.xcom_pull(task_ids="segmentation.transfer", map_indexes=0)["stat"] == "DONE"
@@ -203,3 +196,52 @@ def test_transfer_kwargs_are_data_never_templates(airflow_db, lsf, tmp_path, mon
     if payload in ("{{ 7*7 }}", "{{ conn.hortacloud_s3.password }}"):
         dags["probe_LsfJobOperator"].test()
         assert lsf.argvs("bsub")[-1][-1] == {"{{ 7*7 }}": "echo 49"}.get(payload, f"echo {secret}")
+
+
+def test_carveouts_two_roots_go_up_in_order_so_v2_wins_and_verify_expects_it(  # type: ignore[no-untyped-def]
+    airflow_db, cluster_site, lsf, s3_client, fresh_bucket, site_config
+):
+    roots = cluster_roots(cluster_site)
+    v1, v2 = (Path(root) / SAMPLE for root in roots["carveouts"])
+    _tree(v1, {"shared/block.h5": "from mouselight, longer", "only-v1.txt": "v1"})
+    _tree(v2, {"shared/block.h5": "from v2", "only-v2.txt": "v2"})
+    lsf_section = emulated_lsf(cluster_site / "logs", 0.2, "--workers", "4") | {"first_poll_seconds": 0}
+    site_config(site_toml({"s3": {"bucket": fresh_bucket}, "cluster": roots, "lsf": lsf_section}))
+    run = run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["carveouts"]}, retries=0)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "success", states
+    (bsub,) = lsf.argvs("bsub")  # one job, the two syncs in order
+    assert bsub[-1].index(str(v1)) < bsub[-1].index(str(v2)) and " && " in bsub[-1]
+    assert bucket_keys(s3_client, fresh_bucket, f"carveouts/{SAMPLE}/", bodies=True) == {
+        f"carveouts/{SAMPLE}/shared/block.h5": "from v2",
+        f"carveouts/{SAMPLE}/only-v1.txt": "v1",
+        f"carveouts/{SAMPLE}/only-v2.txt": "v2",
+    }
+    manifest = s3_client.get_object(Bucket=fresh_bucket, Key=f"manifests/{SAMPLE}/carveouts.json")["Body"].read()
+    assert f"carveouts/{SAMPLE}/shared/block.h5".encode() in manifest
+
+
+def test_a_manifest_proves_the_bucket_later_and_catches_a_changed_object(  # type: ignore[no-untyped-def]
+    airflow_db, cluster_site, lsf, s3_server, s3_client, fresh_bucket, site_config
+):
+    import subprocess
+    import sys
+
+    lsf_section = emulated_lsf(cluster_site / "logs", 0.2, "--workers", "4") | {"first_poll_seconds": 0}
+    site_config(site_toml({"s3": {"bucket": fresh_bucket}, "cluster": cluster_roots(cluster_site), "lsf": lsf_section}))
+    assert str(run_dag(UPLOAD_DAG, {"sample": SAMPLE, "products": ["registration"]}, retries=0).state) == "success"
+    manifest = f"s3://{fresh_bucket}/manifests/{SAMPLE}/registration.json"
+
+    def check() -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "hortacloud.s3sync", "verify", "--manifest", manifest]
+        return subprocess.run(
+            argv, env=s3_server.client_env() | {"PATH": "/usr/bin:/bin"}, capture_output=True, text=True
+        )
+
+    proved = check()
+    assert proved.returncode == 0, proved.stderr
+    assert "holds all 2 objects" in proved.stderr
+    s3_client.put_object(Bucket=fresh_bucket, Key=f"registration/{SAMPLE}/transform.h5", Body=b"REG")  # same size
+    changed = check()
+    assert changed.returncode == 1
+    assert f"registration/{SAMPLE}/transform.h5: the manifest has 3 bytes" in changed.stderr

@@ -96,11 +96,22 @@ def test_images_come_from_the_first_base_holding_the_date(site) -> None:
 
 
 def test_second_base_and_missing_extra_only_warns(site) -> None:
-    make_sample(site["nearline"] / "2023-05-10", depth=0, extras=("transform.txt",))
+    make_sample(site["nearline"] / "2023-05-10", depth=0, extras=("transform.txt", "default.1.tif"))
     plan = _plan()
     assert plan.transfers["images"][0].source == str(site["nearline"] / "2023-05-10" / "ktx")
-    assert len(plan.transfers["images"]) == 2
-    assert len(plan.warnings) == 3 and all("does not exist" in warning for warning in plan.warnings)
+    assert len(plan.transfers["images"]) == 3
+    assert len(plan.warnings) == 2 and all("does not exist" in warning for warning in plan.warnings)
+
+
+def test_a_sample_hortacloud_could_not_load_is_refused_unless_preflight_is_skipped(site) -> None:
+    make_sample(site["nrs"] / "2023-05-10", depth=0, extras=("transform.txt",))
+    with pytest.raises(PlanError, match=r"images: HortaCloud could not load this sample: .*no default\.N\.tif"):
+        _plan()
+    plan = _plan(skip_preflight=True)
+    assert any("published although HortaCloud could not load it (skip_preflight)" in w for w in plan.warnings)
+    (site["nrs"] / "2023-05-10" / "transform.txt").write_text("ox: 1.5\n")
+    with pytest.raises(PlanError, match=r"transform.txt: no oy|ox '1.5' is not an integer"):
+        _plan()
 
 
 def test_image_base_overrides_the_search(site, tmp_path: Path) -> None:

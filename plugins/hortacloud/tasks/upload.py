@@ -6,21 +6,43 @@ Each ``@task`` takes what it needs from the context and calls a plain function o
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import task
+from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from hortacloud.config import SiteConfig, load_config
-from hortacloud.images import engine_from_s3hook, upload_images
+from hortacloud.images import (
+    ROLE_DISCOVERY,
+    ROLE_SHARD,
+    engine_from_s3hook,
+    plan_images,
+    publish_discovery,
+    shard_job_kwargs,
+    upload_shard,
+    verify_shards,
+)
 from hortacloud.lsf.commands import transfer_command
-from hortacloud.products import PRODUCT_NAMES, PlanError, PlanRequest, parse_request, plan_sample
+from hortacloud.products import (
+    PRODUCT_NAMES,
+    PRODUCTS_BY_NAME,
+    PlanError,
+    PlanRequest,
+    SamplePlan,
+    parse_request,
+    plan_sample,
+)
 from hortacloud.run_notes import RunNotes, markdown_text
-from hortacloud.s3sync import SyncItem
+from hortacloud.s3sync import manifest
+from hortacloud.s3sync.engine import SyncItem
 from hortacloud.sample import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -43,11 +65,21 @@ def plan_step(
     try:
         request = parse_request(dict(params))
         plan = plan_sample(config, request)
+        planned = _planned(config, plan, request, dag_id, run_id, logger)
     except (InvalidRequest, PlanError) as err:
         refusal = f"Refused, nothing was uploaded or submitted: {err}"
         logger.error("%s", refusal)
         notes.set(dag_id, run_id, markdown_text(refusal))
         raise AirflowFailException(refusal) from None
+    notes.set(dag_id, run_id, markdown_text(run_title(request)))
+    return planned
+
+
+def _planned(
+    config: SiteConfig, plan: SamplePlan, request: PlanRequest, dag_id: str, run_id: str, logger: logging.Logger
+) -> dict[str, list[dict[str, Any]]]:
+    """The plan logged, and its transfers per product; the images cut into shards (their lists written)."""
+    lists_dir = shard_lists_dir(config, dag_id, run_id, request.sample) if plan.transfers["images"] else None
     logger.info(
         "Sample %s, products %s%s; bucket s3://%s",
         request.sample,
@@ -55,11 +87,50 @@ def plan_step(
         " (dry run: nothing will be written)" if request.dry_run else "",
         config.s3.bucket,
     )
-    notes.set(dag_id, run_id, markdown_text(run_title(request)))
     for warning in plan.warnings:
         logger.warning("%s", warning)
     logger.info("The plan, as the old generated scripts would have read:\n%s", "\n".join(plan.script_lines(config)))
-    return {name: [transfer.to_dict() for transfer in plan.transfers[name]] for name in PRODUCT_NAMES}
+    planned = {name: [transfer.to_dict() for transfer in plan.transfers[name]] for name in PRODUCT_NAMES}
+    if lists_dir is not None:
+        planned["images"] = plan_images(config, planned["images"], request.sample, lists_dir)
+        _log_shards(planned["images"], config, logger)
+    return planned
+
+
+def _log_shards(images: Sequence[Mapping[str, Any]], config: SiteConfig, logger: logging.Logger) -> None:
+    shards = [item for item in images if item["role"] == ROLE_SHARD]
+    files = sum(int(item["files"]) for item in shards)
+    size = sum(int(item["bytes"]) for item in shards)
+    logger.info(
+        "images: %d shard(s) by %s, %s files, %.1f GiB; the discovery files go up last:\n  %s",
+        len(shards),
+        config.images.mechanism,
+        f"{files:,}",
+        size / 2**30,
+        "\n  ".join(
+            f"{item['name']}: {int(item['files']):,} files, {int(item['bytes']) / 2**20:,.1f} MiB" for item in shards
+        ),
+    )
+
+
+def shard_lists_dir(config: SiteConfig, dag_id: str, run_id: str, sample: str) -> Path:
+    """Where this run's shard lists go: ``[images] shard_lists_dir`` (else beside the LSF output), per run."""
+    base = config.images.shard_lists_dir or (
+        os.path.join(config.lsf.output_dir, "shard-lists") if config.lsf.output_dir else ""
+    )
+    if not base:
+        if config.images.mechanism == "lsf":
+            raise PlanError(
+                "images: [images] mechanism 'lsf' needs a folder the cluster nodes and the workers share for the "
+                "shard lists: set [images] shard_lists_dir (or [lsf] output_dir)"
+            )
+        base = os.path.join(tempfile.gettempdir(), "hortacloud-shard-lists")
+    return Path(base) / _safe(dag_id) / _safe(run_id) / sample
+
+
+def _safe(name: str) -> str:
+    """A run id as one folder name (``manual__2026-12-01T21:05:07+00:00`` has ``:`` and ``+``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def run_title(request: PlanRequest) -> str:
@@ -77,22 +148,68 @@ def plan(**context: Any) -> dict[str, list[dict[str, Any]]]:
 # -- images ----------------------------------------------------------------------------------------------------------
 
 
-@task
-def upload(transfers: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
-    """Sync the images transfers (``ktx/`` and the top-level files), or skip when images were not chosen."""
+def _shards(transfers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if not transfers:
         raise AirflowSkipException("images were not chosen for this run")
-    params = context["params"]
-    summary = upload_images(transfers, sample=str(params["sample"]), dry_run=bool(params.get("dry_run")), logger=log)
+    return [dict(item) for item in transfers if item["role"] == ROLE_SHARD]
+
+
+@task
+def image_shards(transfers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The planned shards of the images (``[images] mechanism = "worker"``), one mapped upload each."""
+    return _shards(transfers)
+
+
+@task(map_index_template="{{ shard_name }}")
+def upload(shard: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Sync one shard of the images here; its name (an octant range) is the task's map index in the UI."""
+    get_current_context()["shard_name"] = shard["name"]  # type: ignore[typeddict-unknown-key]
+    summary = upload_shard(load_config(), shard, dry_run=bool(context["params"].get("dry_run")), logger=log)
     log.info(
-        "images: %s uploaded (%.1f MiB), %s already there, %s failed; verified: %s",
-        summary["files_uploaded"],
+        "%s: %s uploaded (%.1f MiB), %s already there; verified: %s",
+        shard["name"],
+        f"{summary['files_uploaded']:,}",
         summary["bytes_uploaded"] / 2**20,
-        summary["files_skipped"],
-        summary["files_failed"],
+        f"{summary['files_skipped']:,}",
         summary["verified"],
     )
     return summary
+
+
+@task
+def shard_jobs(transfers: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
+    """The LSF job of each planned shard (``[images] mechanism = "lsf"``)."""
+    config, params = load_config(), context["params"]
+    return [
+        shard_job_kwargs(config, shard, str(params["sample"]), dry_run=bool(params.get("dry_run")))
+        for shard in _shards(transfers)
+    ]
+
+
+@task(retries=1)
+def publish(transfers: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+    """After every shard: verify the whole sample, upload the discovery files last, write the manifest."""
+    if not transfers:
+        raise AirflowSkipException("images were not chosen for this run")
+    params = context["params"]
+    if params.get("dry_run"):
+        raise AirflowSkipException("Dry run: nothing was uploaded, so nothing is published")
+    config, sample = load_config(), str(params["sample"])
+    shards = [item for item in transfers if item["role"] == ROLE_SHARD]
+    problems = verify_shards(config, shards, log)
+    if problems:
+        raise AirflowFailException(
+            f"images {sample}: the shards ended, but S3 does not hold every file as it was sent (first "
+            f"{len(problems)} shown); the sample stays undiscoverable:\n  " + "\n  ".join(problems)
+        )
+    discovery = [item for item in transfers if item["role"] == ROLE_DISCOVERY]
+    published = publish_discovery(config, discovery, log)
+    prefixes = [f"images/{sample}/ktx/", *sorted(published)]
+    top = [item for shard in shards if shard["number"] == 0 for item in shard["prefixes"]]
+    prefixes += [f"images/{sample}/{item}" for item in top if not item.startswith("ktx/")]
+    manifest = write_manifest(config, context, "images", sorted(set(prefixes)), [s["source"] for s in shards[:1]])
+    log.info("images %s published: HortaCloud can discover s3://%s/images/%s/", sample, config.s3.bucket, sample)
+    return {"verified": True, "shards": len(shards), "discovery": published, "manifest": manifest}
 
 
 # -- cluster products ------------------------------------------------------------------------------------------------
@@ -106,16 +223,9 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_
     timeouts are not here: the operator reads them from the site configuration when it runs.
     """
     lsf = config.lsf
-    destination = f"s3://{config.s3.bucket}/{str(transfer['prefix']).lstrip('/')}"
-    template = lsf.transfer_command
-    if not lsf.aws_profile:
-        # No profile configured: drop the option rather than pass an empty one.
-        template = re.sub(r"\s*--profile\s+\{aws_profile\}", "", template)
     output_file = os.path.join(lsf.output_dir, "%J.out") if lsf.output_dir else ""
     return {
-        "command": transfer_command(
-            template, source=str(transfer["source"]), destination=destination, aws_profile=lsf.aws_profile
-        ),
+        "command": _transfer_command(config, transfer),
         "job_name": str(transfer.get("job_name") or transfer["product"]),
         "source": str(transfer["source"]),
         "lsf_conn_id": lsf.conn_id,
@@ -128,14 +238,43 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_
     }
 
 
+def _transfer_command(config: SiteConfig, transfer: Mapping[str, Any]) -> str:
+    lsf = config.lsf
+    destination = f"s3://{config.s3.bucket}/{str(transfer['prefix']).lstrip('/')}"
+    template = lsf.transfer_command
+    if not lsf.aws_profile:
+        # No profile configured: drop the option rather than pass an empty one.
+        template = re.sub(r"\s*--profile\s+\{aws_profile\}", "", template)
+    return transfer_command(
+        template, source=str(transfer["source"]), destination=destination, aws_profile=lsf.aws_profile
+    )
+
+
+def overlaid(transfers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """An overlay product's transfers as one: the first source, the later ones laid over it, in order."""
+    first = dict(transfers[0])
+    first["overlays"] = [str(item["source"]) for item in transfers[1:]]
+    return [first]
+
+
 @task
-def jobs(transfers: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
-    """The kwargs of one LSF job per planned folder of a cluster product, or skip when it was not chosen."""
+def jobs(product: str, transfers: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
+    """The kwargs of one LSF job per planned folder of a cluster product, or skip when it was not chosen.
+
+    A product whose sources overlay one prefix (carveouts) is one job running them in order, so the last root
+    wins where both hold a path, as the old script's sequential syncs did.
+    """
     if not transfers:
         raise AirflowSkipException("not chosen for this run")
     config = load_config()
     dry_run = bool(context["params"].get("dry_run"))
-    return [transfer_job_kwargs(config, item, dry_run=dry_run) for item in transfers]
+    if not PRODUCTS_BY_NAME[product].overlay or len(transfers) == 1:
+        return [transfer_job_kwargs(config, item, dry_run=dry_run) for item in transfers]
+    (job,) = [transfer_job_kwargs(config, item, dry_run=dry_run) for item in overlaid(transfers)]
+    job["command"] = " && ".join(_transfer_command(config, item) for item in transfers)
+    job["job_name"] = str(transfers[0]["job_name"]).rsplit("-", 1)[0]
+    job["source"] = " + ".join(str(item["source"]) for item in transfers)
+    return [job]
 
 
 def verify_sources(
@@ -146,10 +285,16 @@ def verify_sources(
     The jobs' ``aws s3 sync`` exit codes are trusted for errors it saw; this checks what it could not see (a job
     killed after LSF recorded DONE, a transfer command that exits 0 on partial failure, files that appeared while
     it ran). It walks the sources and lists the prefixes as the images verification does; nothing is uploaded.
+    For an overlay product the last source's file is expected where sources share a path.
     """
     config = load_config()
     engine = engine_from_s3hook(config, logger)
-    items = [SyncItem(item["source"], item["prefix"], bool(item.get("is_file"))) for item in transfers]
+    if PRODUCTS_BY_NAME[product].overlay and len(transfers) > 1:
+        transfers = overlaid(transfers)
+    items = [
+        SyncItem(item["source"], item["prefix"], bool(item.get("is_file")), overlays=tuple(item.get("overlays", ())))
+        for item in transfers
+    ]
     problems = engine.verify(items)
     if problems:
         raise AirflowFailException(
@@ -164,12 +309,16 @@ def verify_sources(
 
 @task
 def verify(product: str, transfers: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
-    """Check the product's sources against S3 after its jobs (``verify_sources``); skip when nothing ran."""
+    """Check the product's sources against S3 after its jobs (``verify_sources``), then write its manifest."""
     if not transfers:
         raise AirflowSkipException(f"{product} was not chosen for this run")
     if context["params"].get("dry_run"):
         raise AirflowSkipException("Dry run: nothing was transferred, so nothing is verified")
-    return verify_sources(product, transfers)
+    result = verify_sources(product, transfers)
+    prefixes = sorted({str(item["prefix"]) for item in transfers})
+    sources = [str(item["source"]) for item in transfers]
+    result["manifest"] = write_manifest(load_config(), context, product, prefixes, sources)
+    return result
 
 
 @task(retries=0)
@@ -177,3 +326,44 @@ def announce(**context: Any) -> None:
     """Every transfer of the group succeeded: emit its asset (once per run; a dry run uploaded nothing)."""
     if context["params"]["dry_run"]:
         raise AirflowSkipException("Dry run: nothing was uploaded, so nothing is announced")
+
+
+# -- manifests -------------------------------------------------------------------------------------------------------
+
+
+def write_manifest(
+    config: SiteConfig, context: Mapping[str, Any], product: str, prefixes: Sequence[str], sources: Sequence[str]
+) -> str | None:
+    """The product's manifest after it was verified: written unless it is unchanged; its key (None when off)."""
+    if not config.manifests.enabled:
+        return None
+    sample = str(context["params"]["sample"])
+    key = config.manifests.key.format(sample=sample, product=product)
+    engine = engine_from_s3hook(config, log)
+    dag_run = context.get("dag_run")
+    started = getattr(dag_run, "start_date", None)
+    provenance = {
+        "dag_id": context["dag"].dag_id,
+        "run_id": context["run_id"],
+        "hortacloud_version": version("hortacloud"),
+        "product": product,
+        "sample": sample,
+        "sources": list(sources),
+        "started": started.isoformat() if started else None,
+        "ended": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    with tempfile.TemporaryDirectory(prefix="hortacloud-manifest-") as folder:
+        path = Path(folder) / "manifest.json"
+        digest = manifest.build(engine.s3, config.s3.bucket, prefixes, provenance, path)
+        written = manifest.publish(engine.s3, config.s3.bucket, key, path, digest["value"])
+    log.info(
+        "%s: manifest s3://%s/%s %s (%s objects, %s bytes, digest %s)",
+        product,
+        config.s3.bucket,
+        key,
+        "written" if written else "unchanged, kept as it was",
+        f"{digest['count']:,}",
+        f"{digest['bytes']:,}",
+        digest["value"],
+    )
+    return key

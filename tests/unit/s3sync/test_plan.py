@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hortacloud.s3sync import LocalFile, RemoteObject, merge_join, needs_upload, walk_sorted
+from hortacloud.s3sync.engine import merge_join, needs_upload
+from hortacloud.s3sync.local import LocalFile, SourceError, overlay, read_file_list, walk_sorted, write_file_list
+from hortacloud.s3sync.remote import RemoteObject, key_ordered, query_string
 
 
 def _touch(root: Path, relative: str, size: int = 1) -> None:
@@ -33,16 +35,60 @@ def test_walk_reports_sizes_and_paths(tmp_path: Path) -> None:
 
 def test_walk_refuses_names_that_are_not_utf8(tmp_path: Path) -> None:
     os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad-\xff-name"))
-    with pytest.raises(ValueError, match=r"not UTF-8.*rename"):
+    with pytest.raises(SourceError, match=r"not UTF-8.*rename"):
         list(walk_sorted(str(tmp_path)))
 
 
-def test_walk_warns_about_broken_links(tmp_path: Path) -> None:
+def test_walk_skips_links_that_lead_nowhere_or_in_a_loop_and_special_files_alike(tmp_path: Path) -> None:
     _touch(tmp_path, "real")
+    _touch(tmp_path, "sub/inside")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path / "sub")  # a link back to the folder it is in
+    (tmp_path / "up").symlink_to(tmp_path)  # a link back to the root
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")  # a link to a file is followed, as aws s3 sync does
     warnings: list[str] = []
-    assert [item.key for item in walk_sorted(str(tmp_path), warnings.append)] == ["real"]
-    assert "dangling" in warnings[0]
+    keys = [item.key for item in walk_sorted(str(tmp_path), warnings.append)]
+    assert keys == ["linked", "real", "sub/inside"]
+    assert sorted(warning.split(":")[0] for warning in warnings) == sorted(
+        f"skipped {tmp_path / name}" for name in ("dangling", "pipe", "sub/loop", "up")
+    )
+    assert any("(a loop)" in warning for warning in warnings) and any("FIFO" in warning for warning in warnings)
+
+
+def test_a_file_list_reads_back_what_was_written_below_another_root(tmp_path: Path) -> None:
+    files = [LocalFile("1/a.ktx", "/x/1/a.ktx", 5, 100.0), LocalFile("1/b b.ktx", "/x/1/b b.ktx", 7, 200.5)]
+    assert write_file_list(tmp_path / "list.jsonl", "/x", files) == (2, 12)
+    again = list(read_file_list(tmp_path / "list.jsonl", "/elsewhere"))
+    assert [(f.key, f.path, f.size, f.mtime) for f in again] == [
+        ("1/a.ktx", "/elsewhere/1/a.ktx", 5, 100.0),
+        ("1/b b.ktx", "/elsewhere/1/b b.ktx", 7, 200.5),
+    ]
+
+
+@pytest.mark.parametrize("bad", [["../etc/passwd", 1, 0], ["/abs", 1, 0], ["a", 1, 0]])
+def test_a_file_list_that_leaves_its_root_or_goes_back_is_refused(tmp_path: Path, bad: list) -> None:  # type: ignore[type-arg]
+    import json
+
+    path = tmp_path / "list.jsonl"
+    path.write_text(json.dumps({"hortacloud_file_list": 1, "root": "/x"}) + "\n" + json.dumps(["a", 1, 0]) + "\n")
+    with path.open("a") as out:
+        out.write(json.dumps(bad) + "\n")
+    with pytest.raises(SourceError, match="out of order or leaves the root"):
+        list(read_file_list(path))
+
+
+def test_overlay_takes_the_later_trees_file_for_a_key_both_hold() -> None:
+    first = [LocalFile("a", "/v1/a", 1, 0), LocalFile("b", "/v1/b", 2, 0)]
+    second = [LocalFile("b", "/v2/b", 3, 0), LocalFile("c", "/v2/c", 4, 0)]
+    assert [item.path for item in overlay([first, second])] == ["/v1/a", "/v2/b", "/v2/c"]
+
+
+def test_query_strings_encode_a_space_as_sigv4_does() -> None:
+    # Form encoding ("+") is signed as %20 by SigV4 and refused by S3 (SignatureDoesNotMatch).
+    assert query_string({"prefix": "images/a b+c/", "continuation-token": "x/y=="}) == (
+        "prefix=images%2Fa%20b%2Bc%2F&continuation-token=x%2Fy%3D%3D"
+    )
 
 
 def _local(key: str, size: int = 10, mtime: float = 1000.0) -> LocalFile:
@@ -78,8 +124,6 @@ def test_needs_upload_follows_aws_s3_sync(local: LocalFile, remote: RemoteObject
 
 
 def test_key_ordered_sorts_a_folder_by_folder_listing_with_spilled_runs() -> None:
-    from hortacloud.s3sync import key_ordered
-
     # SeaweedFS lists folder by folder: "a/..." before "a-b"; runs of 3 force several spilled runs.
     listed = ["a/inside", "a/z", "a-b", "a0", "b/1", "b-", "Z", "ü", "a.b"]
     objects = [RemoteObject(key, number, 0.0) for number, key in enumerate(listed)]
@@ -89,11 +133,11 @@ def test_key_ordered_sorts_a_folder_by_folder_listing_with_spilled_runs() -> Non
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys) -> None:  # type: ignore[no-untyped-def]
-    from hortacloud.s3sync import main
+    from hortacloud.s3sync.cli import main
 
     missing = tmp_path / "no such sample"
-    assert main([str(missing), "s3://bucket/images/2023-05-10/"]) == 1
-    assert f"Nothing synced: Source folder {missing} does not exist" in caplog.text
+    assert main([str(missing), "s3://bucket/images/2023-05-10/", "--endpoint-url", "http://127.0.0.1:9"]) == 1
+    assert f"Nothing synced to s3://bucket/images/2023-05-10/: Source folder {missing} does not exist" in caplog.text
     with pytest.raises(SystemExit) as exited:
         main(["--workers", "0", str(tmp_path), "s3://bucket/p/"])
     assert exited.value.code == 2
