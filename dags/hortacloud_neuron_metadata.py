@@ -17,6 +17,9 @@ and whenever the upload DAG has updated tracings (the `hortacloud_tracings` asse
 
 `dry_run` reports what would change and writes nothing. `allow_removals` lets a run drop neurons NeuronBrowser no
 longer maps (without it, the files that would lose neurons are kept and the run fails, naming them).
+`remove_legacy` deletes exactly the objects the report lists as left by the old scripts (empty `metadata.json` for
+dates without neuron folders, `neurons.json` of images HortaCloud cannot load); without it they are only listed.
+Neuron folders HortaCloud cannot load (a name such as `G-011 (2)`) and 0-byte SWCs are listed in the report too.
 """
 
 from __future__ import annotations
@@ -83,6 +86,15 @@ LOCATION_TITLES = {
             title="Allow removals",
             description="Write files even when NeuronBrowser no longer maps some of the neurons they describe "
             "(otherwise those files are kept and the run fails, naming the neurons).",
+            section="Options",
+        ),
+        "remove_legacy": Param(
+            False,
+            type="boolean",
+            title="Remove what the old scripts left",
+            description="Delete exactly the objects the report lists as left by the old scripts (empty "
+            "metadata.json for dates without neuron folders, neurons.json of images HortaCloud cannot load). "
+            "Off: they are only reported.",
             section="Options",
         ),
     },

@@ -223,3 +223,89 @@ def test_neuron_json_on_disk_is_what_hortacloud_needs(s3_client, bucket) -> None
         for entry in doc["neurons"].values():
             assert isinstance(entry["originalName"], str) and isinstance(entry["somaLocation"], str)
             assert "consensus" in entry or "dendrite" in entry
+
+
+def test_an_empty_swc_is_not_referenced(s3_client, bucket) -> None:
+    # The old script skipped 0-byte files: HortaCloud's SWC import fails on an empty one.
+    base = "tracings/tracing_complete/2014-06-24/G-005"
+    s3_client.put_object(Bucket=bucket, Key=f"{base}/dendrite.swc", Body=b"")
+    report = run(s3_client, bucket)
+    doc = json.loads(s3_client.get_object(Bucket=bucket, Key="images/2014-06-24/neurons.json")["Body"].read())
+    entry = doc["neurons"]["AA0234"]
+    assert entry["originalName"] == "G-005" and "dendrite" not in entry
+    assert entry["consensus"] == "../../tracings/tracing_complete/2014-06-24/G-005/consensus.swc"
+    assert report.empty_swcs == [f"{base}/dendrite.swc"]
+    assert f"empty SWC, not referenced: {base}/dendrite.swc" in "\n".join(report.lines())
+    s3_client.put_object(Bucket=bucket, Key=f"{base}/consensus.swc", Body=b"")
+    s3_client.put_object(Bucket=bucket, Key=f"{base}/dendrite.swc", Body=SWC)
+    run(s3_client, bucket)
+    doc = json.loads(s3_client.get_object(Bucket=bucket, Key="images/2014-06-24/neurons.json")["Body"].read())
+    assert "consensus" not in doc["neurons"]["AA0234"] and "dendrite" in doc["neurons"]["AA0234"]
+
+
+def test_a_folder_name_hortacloud_cannot_load_is_reported_not_dropped_silently(s3_client, bucket, caplog) -> None:
+    # JACS turns "../../tracings/.../<folder>/consensus.swc" into a java.net.URI: a space would fail the import.
+    s3_client.put_object(Bucket=bucket, Key="tracings/tracing_complete/2014-06-24/G-011 (2)/consensus.swc", Body=SWC)
+    s3_client.put_object(Bucket=bucket, Key="tracings/Finished_Neurons/2014-06-24/G-012%/somaLoc.png", Body=b"")
+    with caplog.at_level("WARNING", logger="hortacloud.metadata"):
+        report = run(s3_client, bucket)
+    assert report.not_uri_safe == [
+        "tracings/Finished_Neurons/2014-06-24/G-012%",
+        "tracings/tracing_complete/2014-06-24/G-011 (2)",
+    ]
+    assert "G-011 (2)" in caplog.text and "URI" in caplog.text
+    assert "not URI-safe, left out: tracings/tracing_complete/2014-06-24/G-011 (2)" in "\n".join(report.lines())
+    assert report.to_xcom()["not_uri_safe"] == report.not_uri_safe
+    doc = json.loads(s3_client.get_object(Bucket=bucket, Key="images/2014-06-24/neurons.json")["Body"].read())
+    assert {e["originalName"] for e in doc["neurons"].values()} == {f"G-{i:03d}" for i in range(1, 16)} - {"G-008"}
+    for entry in doc["neurons"].values():
+        assert entry["originalName"] and isinstance(entry["somaLocation"], str)
+
+
+def _legacy_objects(client: Any, bucket: str) -> dict[str, bytes]:
+    """What the old scripts left: empty documents for dates without neuron folders, neurons.json of unready images."""
+    empty = b'{"title": "2016-05-05 MouseLight published neurons", "neurons": {}}'
+    objects = {
+        "neurons/tracing_complete/2016-05-05/metadata.json": empty,  # tracings date without G- folders
+        "neurons/Finished_Neurons/2013-01-01/metadata.json": b"",  # no tracings date at all, 0 bytes
+        "images/2017-01-15/neurons.json": b'{"title": "x", "neurons": {"AA0500": {"originalName": "G-001"}}}',
+        "images/2030-01-01/neurons.json": b'{"neurons": {}}',  # no images at all
+    }
+    keep = {
+        # not legacy: a document that describes a neuron, a file that is not metadata.json, a date with folders
+        "neurons/tracing_complete/2016-06-06/metadata.json": b'{"neurons": {"AA9": {"originalName": "G-001"}}}',
+        "neurons/tracing_complete/2016-05-05/notes.json": b"{}",
+        "neurons/tracing_complete/2020-02-03/metadata.json": b'{"neurons": {}}',
+    }
+    for key, body in (objects | keep).items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return objects
+
+
+def test_objects_the_old_scripts_left_are_reported_and_removed_only_when_asked(s3_client, bucket) -> None:
+    legacy = _legacy_objects(s3_client, bucket)
+    report = run(s3_client, bucket)
+    assert sorted(report.legacy) == sorted(legacy)
+    assert report.removed == []
+    assert set(legacy) <= set(snapshot(s3_client, bucket))  # reported, never deleted by default
+    assert "left by the old scripts: images/2017-01-15/neurons.json (images/2017-01-15/ is not loadable" in "\n".join(
+        report.lines()
+    )
+
+    before = snapshot(s3_client, bucket)
+    dry = run(s3_client, bucket, dry_run=True, remove_legacy=True)
+    assert sorted(dry.removed) == sorted(legacy) and snapshot(s3_client, bucket) == before
+
+    removed = run(s3_client, bucket, remove_legacy=True)
+    assert sorted(removed.removed) == sorted(legacy)
+    after = snapshot(s3_client, bucket)
+    assert {k: v for k, v in before.items() if k not in legacy} == after  # exactly those, nothing else
+    assert not run(s3_client, bucket, remove_legacy=True).legacy
+
+
+def test_a_refused_run_removes_nothing(s3_client, bucket) -> None:
+    legacy = _legacy_objects(s3_client, bucket)
+    run(s3_client, bucket)
+    with pytest.raises(GuardRefusal):
+        run(s3_client, bucket, [i for i in INJECTIONS if i["id"] == "inj-2017"], remove_legacy=True)
+    assert set(legacy) <= set(snapshot(s3_client, bucket))

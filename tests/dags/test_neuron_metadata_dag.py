@@ -53,6 +53,7 @@ def test_dag_shape_schedule_and_params() -> None:
     assert dag.params.get_param("locations").value == ["Finished_Neurons", "tracing_complete"]
     assert dag.params.get_param("dry_run").value is False
     assert dag.params.get_param("allow_removals").value is False
+    assert dag.params.get_param("remove_legacy").value is False
     assert set(dag.task_ids) == {"fetch_mapping", "scan", "build_and_write", "report"}
     assert dag.get_task("build_and_write").upstream_task_ids == {"fetch_mapping", "scan"}
 
@@ -119,6 +120,23 @@ def test_a_neuron_gone_from_neuronbrowser_keeps_its_files_until_removals_are_all
     assert sorted(_report(allowed)["written"]) == sorted(removals)
     document = json.loads(s3_client.get_object(Bucket=site, Key="images/2019-03-10/neurons.json")["Body"].read())
     assert sorted(document["neurons"]) == ["AA0700", "AA0702"]
+
+
+def test_what_the_old_scripts_left_is_listed_and_removed_only_on_request(site, s3_client) -> None:
+    empty = "neurons/tracing_complete/2016-05-05/metadata.json"  # 2016-05-05 has no neuron folders
+    unready = "images/2018-08-01/neurons.json"  # images/2018-08-01/ does not exist
+    for key in (empty, unready):
+        s3_client.put_object(Bucket=site, Key=key, Body=b'{"neurons": {}}')
+    listed = run_dag(DAG_ID, {}, retries=0)
+    assert str(listed.state) == "success", task_states(listed)
+    assert sorted(_report(listed)["legacy"]) == [unready, empty] and _report(listed)["removed"] == []
+    assert {empty, unready} <= set(snapshot(s3_client, site))
+
+    before = snapshot(s3_client, site)
+    removed = run_dag(DAG_ID, retries=0, conf={"remove_legacy": True})
+    assert str(removed.state) == "success", task_states(removed)
+    assert sorted(_report(removed)["removed"]) == [unready, empty]
+    assert snapshot(s3_client, site) == {k: v for k, v in before.items() if k not in (empty, unready)}
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ the first write, so a refusal writes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from hortacloud.metadata.documents import (
     check_guard,
     decode_soma,
     described_neurons,
+    is_uri_safe,
     neuron_ids,
 )
 from hortacloud.metadata.mapping import COMPLETE, SWC_FILES, NeuronMapping, is_date, near_misses
@@ -58,12 +60,17 @@ def list_subprefixes(client: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(names)
 
 
+def list_objects(client: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    """Every key under ``prefix`` with its size (paginated)."""
+    found: list[tuple[str, int]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found.extend((item["Key"], int(item.get("Size", 0))) for item in page.get("Contents", []))
+    return found
+
+
 def list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     """Every key under ``prefix`` (paginated)."""
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(item["Key"] for item in page.get("Contents", []))
-    return keys
+    return [key for key, _ in list_objects(client, bucket, prefix)]
 
 
 def read_object(client: Any, bucket: str, key: str) -> bytes | None:
@@ -95,10 +102,16 @@ def object_exists(client: Any, bucket: str, key: str) -> bool:
 
 @dataclass
 class BucketScan:
-    """What the tracings in S3 hold: location -> date -> neuron folders; and which image dates HortaCloud can load."""
+    """What the tracings in S3 hold: location -> date -> neuron folders; and which image dates HortaCloud can load.
+
+    ``empty_swcs`` are the 0-byte SWC keys (never referenced); ``neurons_json`` maps every ``images/<date>/`` that
+    holds a ``neurons.json`` to whether HortaCloud can load those images (tracing_complete scans only).
+    """
 
     locations: dict[str, dict[str, list[NeuronFolder]]] = field(default_factory=dict)
     images_ready: dict[str, bool] = field(default_factory=dict)
+    empty_swcs: list[str] = field(default_factory=list)
+    neurons_json: dict[str, bool] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form (XCom)."""
@@ -111,6 +124,8 @@ class BucketScan:
                 for loc, dates in self.locations.items()
             },
             "images_ready": dict(self.images_ready),
+            "empty_swcs": list(self.empty_swcs),
+            "neurons_json": dict(self.neurons_json),
         }
 
     @classmethod
@@ -125,6 +140,8 @@ class BucketScan:
                 for loc, dates in data["locations"].items()
             },
             images_ready=dict(data["images_ready"]),
+            empty_swcs=list(data.get("empty_swcs", [])),
+            neurons_json=dict(data.get("neurons_json", {})),
         )
 
 
@@ -139,17 +156,29 @@ def scan_dates(client: Any, bucket: str, location: str) -> list[str]:
     return dates
 
 
-def scan_date(client: Any, bucket: str, location: str, date: str, prefix: str) -> list[NeuronFolder]:
-    """Neuron folders of one date (one recursive listing); soma.txt is read for tracing_complete only."""
+def scan_date(
+    client: Any, bucket: str, location: str, date: str, prefix: str, empty_swcs: list[str] | None = None
+) -> list[NeuronFolder]:
+    """Neuron folders of one date (one recursive listing); soma.txt is read for tracing_complete only.
+
+    A 0-byte SWC counts as absent (the old script skipped empty files; HortaCloud's import fails on one); its key
+    is logged and added to ``empty_swcs``.
+    """
     base = f"{tracings_prefix(location)}{date}/"
     files: dict[str, set[str]] = {}
-    for key in list_keys(client, bucket, base):
+    for key, size in list_objects(client, bucket, base):
         parts = key[len(base) :].split("/")
         if len(parts) < 2 or not parts[0].startswith(prefix):
             continue  # files at the date level, consensus/, Backup/, R- folders
         names = files.setdefault(parts[0], set())
-        if len(parts) == 2:
-            names.add(parts[1])
+        if len(parts) != 2:
+            continue
+        if size == 0 and parts[1].removesuffix(".swc") in SWC_FILES:
+            log.warning("%s is empty (0 bytes): not referenced in the metadata", key)
+            if empty_swcs is not None:
+                empty_swcs.append(key)
+            continue
+        names.add(parts[1])
     folders = []
     for name in sorted(files):
         soma = None
@@ -161,6 +190,13 @@ def scan_date(client: Any, bucket: str, location: str, date: str, prefix: str) -
     return folders
 
 
+def _image_ready(client: Any, bucket: str, date: str, requires: Sequence[str]) -> bool:
+    missing = [f for f in requires if not object_exists(client, bucket, f"images/{date}/{f}")]
+    if missing:
+        log.info("images/%s/ lacks %s", date, ", ".join(missing))
+    return not missing
+
+
 def scan_bucket(
     client: Any,
     bucket: str,
@@ -169,18 +205,27 @@ def scan_bucket(
     prefix: str = "G-",
     images_requires: Sequence[str] = ("transform.txt", "ktx/block_8_xy_.ktx", "default.0.tif"),
 ) -> BucketScan:
-    """Scan the tracing locations; for tracing_complete dates also check ``images/<date>/`` for HortaCloud."""
+    """Scan the tracing locations; for tracing_complete dates also check ``images/<date>/`` for HortaCloud.
+
+    With tracing_complete, every ``images/<date>/neurons.json`` is found too (one HEAD per image date), so the
+    ones the old scripts left for images HortaCloud cannot load can be reported.
+    """
     scan = BucketScan()
     for location in locations:
         dates = scan_dates(client, bucket, location)
         log.info("tracings/%s: %d dates", location, len(dates))
-        scan.locations[location] = {date: scan_date(client, bucket, location, date, prefix) for date in dates}
+        scan.locations[location] = {
+            date: scan_date(client, bucket, location, date, prefix, scan.empty_swcs) for date in dates
+        }
         if location == COMPLETE:
             for date in dates:
-                missing = [f for f in images_requires if not object_exists(client, bucket, f"images/{date}/{f}")]
-                scan.images_ready[date] = not missing
-                if missing:
-                    log.info("images/%s/ lacks %s", date, ", ".join(missing))
+                scan.images_ready[date] = _image_ready(client, bucket, date, images_requires)
+            for date in filter(is_date, list_subprefixes(client, bucket, "images/")):
+                if object_exists(client, bucket, neurons_json_key(date)):
+                    ready = scan.images_ready.get(date)
+                    scan.neurons_json[date] = (
+                        _image_ready(client, bucket, date, images_requires) if ready is None else ready
+                    )
     return scan
 
 
@@ -211,6 +256,7 @@ def plan(
         dates = scan.locations.get(location, {})
         _report_dates(location, dates, mapping, report, prefix)
         for date in sorted(dates):
+            _report_unsafe_names(location, date, dates[date], report, prefix)
             if date not in mapping.dates:
                 continue
             document = build_document(location, date, dates[date], mapping, prefix)
@@ -245,6 +291,21 @@ def _report_dates(
         report.near_misses.append(f"{location}: {miss}")
 
 
+def _report_unsafe_names(
+    location: str, date: str, folders: Sequence[NeuronFolder], report: MetadataReport, prefix: str
+) -> None:
+    """Neuron folders HortaCloud could not load: listed in the report under ``not_uri_safe``, warned in the log."""
+    for folder in folders:
+        if folder.name.startswith(prefix) and not is_uri_safe(folder.name):
+            path = f"{tracings_prefix(location)}{date}/{folder.name}"
+            log.warning(
+                "%s/ left out: HortaCloud turns SWC paths into java.net.URI, which refuses this folder name "
+                "(allowed: letters, digits, '.', '_', '-'); rename the folder to publish it",
+                path,
+            )
+            report.not_uri_safe.append(path)
+
+
 def _writes_of(document: DateDocument, scan: BucketScan, report: MetadataReport) -> list[PlannedWrite]:
     """The document's ``metadata.json``, and for tracing_complete its ``neurons.json`` when HortaCloud can load it."""
     body = document.body()
@@ -274,6 +335,41 @@ def existing_metadata(client: Any, bucket: str, locations: Iterable[str]) -> dic
     return found
 
 
+def _is_empty_document(body: bytes) -> bool:
+    """A 0-byte object, or a JSON object whose ``neurons`` is empty or missing (what the old scripts left)."""
+    if not body.strip():
+        return True
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("neurons", {}) == {}
+
+
+def legacy_objects(
+    scan: BucketScan, existing: Mapping[str, bytes], locations: Iterable[str], planned: Iterable[str]
+) -> dict[str, str]:
+    """Objects the old scripts left that this DAG never writes, each with the reason; key -> reason.
+
+    Exactly two kinds: an empty ``neurons/<location>/<date>/metadata.json`` whose date has no neuron folders under
+    ``tracings/<location>/``, and an ``images/<date>/neurons.json`` whose images HortaCloud cannot load.
+    """
+    planned = set(planned)
+    legacy: dict[str, str] = {}
+    for location in locations:
+        dates = scan.locations.get(location, {})
+        for key, body in existing.items():
+            date = key.removeprefix(f"neurons/{location}/").removesuffix("/metadata.json")
+            if key != metadata_key(location, date) or key in planned or dates.get(date):
+                continue
+            if _is_empty_document(body):
+                legacy[key] = f"empty, and {tracings_prefix(location)}{date}/ has no neuron folders"
+    for date, ready in scan.neurons_json.items():
+        if not ready and neurons_json_key(date) not in planned:
+            legacy[neurons_json_key(date)] = f"images/{date}/ is not loadable by HortaCloud"
+    return dict(sorted(legacy.items()))
+
+
 def apply(
     client: Any,
     bucket: str,
@@ -285,6 +381,7 @@ def apply(
     min_share: float = 0.9,
     dry_run: bool = False,
     allow_removals: bool = False,
+    remove_legacy: bool = False,
 ) -> MetadataReport:
     """Plan, guard, then write what differs; on a refusal nothing is written.
 
@@ -294,6 +391,9 @@ def apply(
     A file whose new version would drop neurons it describes is kept as it is (``report.removals``) unless
     ``allow_removals``: a neuron that vanished from NeuronBrowser is more often an outage or a data-entry slip than
     an unpublishing, and HortaCloud would lose it. The other files are written.
+
+    Objects the old scripts left (:func:`legacy_objects`) are reported in ``report.legacy``; with
+    ``remove_legacy`` exactly those are deleted, after the guard passed (a dry run only lists them).
     """
     report = MetadataReport(
         dry_run=dry_run,
@@ -303,7 +403,11 @@ def apply(
         collisions=list(mapping.collisions),
     )
     writes, documents = plan(mapping, scan, locations, report, prefix=prefix)
+    report.empty_swcs = list(scan.empty_swcs)
     existing = existing_metadata(client, bucket, locations)
+    report.legacy = legacy_objects(scan, existing, locations, (w.key for w in writes))
+    for key, reason in report.legacy.items():
+        log.warning("Left by the old scripts: %s (%s)", key, reason)
     report.neurons_in_bucket = sum(described_neurons(body) for body in existing.values())
     report.neurons_described = sum(d.neuron_count for d in documents)
     changed: list[PlannedWrite] = []
@@ -337,4 +441,17 @@ def apply(
         else:
             log.info("Would write s3://%s/%s (%d bytes)", bucket, write.key, len(write.body))
         report.written.append(write.key)
+    if remove_legacy:
+        _remove(client, bucket, report, dry_run)
     return report
+
+
+def _remove(client: Any, bucket: str, report: MetadataReport, dry_run: bool) -> None:
+    """Delete exactly the legacy objects of the report (``remove_legacy``); a dry run only says so."""
+    for key in report.legacy:
+        if dry_run:
+            log.info("Would remove s3://%s/%s (%s)", bucket, key, report.legacy[key])
+        else:
+            client.delete_object(Bucket=bucket, Key=key)
+            log.info("Removed s3://%s/%s (%s)", bucket, key, report.legacy[key])
+        report.removed.append(key)

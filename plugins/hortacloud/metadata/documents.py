@@ -84,6 +84,11 @@ class DateDocument:
         return render(self.document)
 
 
+def is_uri_safe(name: str) -> bool:
+    """True when ``name`` can stand in a relative path that JACS turns into a ``java.net.URI``."""
+    return bool(_SAFE_NAME.match(name))
+
+
 def title(date: str) -> str:
     """The workspace title HortaCloud uses; keep it stable, JACS ignores a file whose title already exists."""
     return f"{date} MouseLight published neurons"
@@ -110,12 +115,10 @@ def build_document(
     for folder in sorted(folders, key=lambda f: f.name):
         if not folder.name.startswith(prefix):
             continue
+        if not is_uri_safe(folder.name):
+            continue  # reported by the caller (hortacloud.metadata.bucket.plan), never looked up
         neuron = mapping.lookup(date, folder.name)
         if neuron is None:
-            unmapped.append(folder.name)
-            continue
-        if not _SAFE_NAME.match(folder.name):
-            log.warning("%s/%s/%s skipped: the folder name is not URI-safe", location, date, folder.name)
             unmapped.append(folder.name)
             continue
         if neuron.neuron_id in neurons:

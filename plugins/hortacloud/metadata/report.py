@@ -27,6 +27,12 @@ class MetadataReport:
     # Files kept as they are because the new version would drop neurons they describe: key -> dropped ids.
     removals: dict[str, list[str]] = field(default_factory=dict)
     not_loadable: list[str] = field(default_factory=list)
+    # Neuron folders HortaCloud cannot turn into a URI ("G-011 (2)"): tracings/<location>/<date>/<folder>.
+    not_uri_safe: list[str] = field(default_factory=list)
+    empty_swcs: list[str] = field(default_factory=list)
+    # Objects the old scripts left that this DAG never writes: key -> reason; removed only with remove_legacy.
+    legacy: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
     soma_fallbacks: list[SomaFallback] = field(default_factory=list)
     neurons_described: int = 0
     neurons_in_bucket: int = 0
@@ -55,6 +61,13 @@ class MetadataReport:
         out += [f"    refused: {key}" for key in self.refused]
         out += [f"    kept, would drop {', '.join(ids)}: {key}" for key, ids in self.removals.items()]
         out += [f"  neurons.json not written (images incomplete): {d}" for d in self.not_loadable]
+        out += [f"  not URI-safe, left out: {path}" for path in self.not_uri_safe]
+        out += [f"  empty SWC, not referenced: {key}" for key in self.empty_swcs]
+        out += [f"  left by the old scripts: {key} ({reason})" for key, reason in self.legacy.items()]
+        removed = "would remove" if self.dry_run else "removed"
+        out += [f"    {removed}: {key}" for key in self.removed]
+        if self.legacy and not self.removed and not self.refusal:
+            out.append('    kept; trigger with {"remove_legacy": true} to remove exactly these')
         out.append(f"  soma location from a fallback: {len(self.soma_fallbacks)}")
         out += [f"    {f.neuron_id} ({f.date}/{f.folder}): {f.source}" for f in self.soma_fallbacks]
         if self.refusal:
@@ -72,6 +85,10 @@ class MetadataReport:
             "refused": list(self.refused),
             "removals": {key: list(ids) for key, ids in self.removals.items()},
             "not_loadable": list(self.not_loadable),
+            "not_uri_safe": list(self.not_uri_safe),
+            "empty_swcs": list(self.empty_swcs),
+            "legacy": dict(self.legacy),
+            "removed": list(self.removed),
             "soma_fallbacks": {f.neuron_id: f.source for f in self.soma_fallbacks},
             "refusal": self.refusal,
         }

@@ -77,6 +77,7 @@ def build_and_apply(
     dry_run: bool,
     publish: Callable[[dict[str, Any]], None],
     allow_removals: bool = False,
+    remove_legacy: bool = False,
     config: SiteConfig | None = None,
 ) -> dict[str, Any]:
     """Build every document, guard, write what changed; ``publish`` gets the report (also before a refusal)."""
@@ -93,6 +94,7 @@ def build_and_apply(
             min_share=nb.min_share,
             dry_run=dry_run,
             allow_removals=allow_removals,
+            remove_legacy=remove_legacy,
         )
     except GuardRefusal as err:
         refused: MetadataReport | None = getattr(err, "report", None)
@@ -163,6 +165,7 @@ def build_and_write(mapping: dict[str, Any], scanned: dict[str, Any], **context:
             params["locations"],
             dry_run=params["dry_run"],
             allow_removals=params["allow_removals"],
+            remove_legacy=params.get("remove_legacy", False),
             publish=lambda report: ti.xcom_push(key="report", value=report),
         )
     except GuardRefusal as err:

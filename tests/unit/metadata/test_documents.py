@@ -203,6 +203,10 @@ def test_report_lines_and_xcom() -> None:
         "refused": [],
         "removals": {},
         "not_loadable": [],
+        "not_uri_safe": [],
+        "empty_swcs": [],
+        "legacy": {},
+        "removed": [],
         "soma_fallbacks": {"AA0231": "neuron brain area"},
         "refusal": None,
     }
