@@ -135,6 +135,7 @@ def hortacloud_upload_sample() -> None:
                     map_index_template="{{ task.source }}",
                     name_scope="dag",
                     deferrable=True,
+                    execution_timeout=CONFIG.lsf.execution_timeout,
                 ).expand_kwargs(shard_jobs(planned[product.name]))
                 shards >> (done := publish(planned[product.name]))
             elif product.mechanism == "s3sync":
@@ -150,6 +151,7 @@ def hortacloud_upload_sample() -> None:
                     # Two runs for one sample follow one live job per folder, never two concurrent transfers.
                     name_scope="dag",
                     deferrable=True,
+                    execution_timeout=CONFIG.lsf.execution_timeout,
                 ).expand_kwargs(jobs(product.name, planned[product.name]))
                 transferred >> (done := verify(product.name, planned[product.name]))
             if product.name in PRODUCT_ASSETS:

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -147,6 +150,24 @@ def show_metadata_runs(client: AirflowClient, runs: list[dict[str, Any]]) -> boo
     return bool(triggered) and all(run["state"] == "success" for run in triggered)
 
 
+def check_manifests(client: Any, env: dict[str, str]) -> bool:
+    """Prove each published product of the sample against its manifest, as a user would later (no downloads)."""
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"manifests/{SAMPLE}/")
+        for item in page.get("Contents", [])
+    ]
+    print(f"\n7. Manifest check (python -m hortacloud.s3sync verify --manifest ...): {len(keys)} manifest(s)")
+    ok = bool(keys)
+    for key in keys:
+        argv = [sys.executable, "-m", "hortacloud.s3sync", "verify", "--manifest", f"s3://{BUCKET}/{key}"]
+        done = subprocess.run(argv, env=os.environ | env, capture_output=True, text=True, timeout=300, check=False)
+        answer = (done.stdout.strip() or done.stderr.strip()).splitlines()
+        print(f"   {key}: {'ok' if done.returncode == 0 else 'FAILED'}: {answer[-1] if answer else ''}")
+        ok = ok and done.returncode == 0
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the whole demo; 0 when the upload run and every asset-triggered metadata run succeeded."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -215,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         s3_client = endpoint.boto3_client()
         show_bucket(s3_client)
         show_object_head(s3_client, f"images/{SAMPLE}/neurons.json")
+        manifests_ok = check_manifests(s3_client, endpoint.client_env())
         print(f"\nLogs: {stack.logs_folder}; sample tree: {work / 'site'}")
         print(f"Demo done in {time.monotonic() - began:.0f} s", flush=True)
         if args.keep_running:
             print(f"Airflow UI: {stack.url} — Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(3600)
-        return 0 if state == "success" and metadata_ok else 1
+        return 0 if state == "success" and metadata_ok and manifests_ok else 1
     except KeyboardInterrupt:
         return 130
     finally:

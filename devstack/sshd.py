@@ -16,12 +16,14 @@ within 50 ms and acknowledges in ``control.applied``; ``set()`` waits for that):
 
 - ``{"refuse": true}`` close the listening socket: connections are refused until ``{"refuse": false}``
 - ``{"drop": n}`` close the next n connections at once, before the SSH banner
+- ``{"mute": n}`` accept the next n connections and never say a word (a hung login node: no banner, no close)
 - ``{"drop_exec": n}`` cut the link instead of running the next n commands
 - ``{"lose_answer": n}`` run the next n commands, then cut the link before their output and exit status
 - ``{"match": "regex"}`` ``drop_exec`` and ``lose_answer`` count only commands matching it (``null``: any)
 - ``{"exec_delay": seconds}`` wait before running each command (a slow login node)
 
-Every connection, login, command and exit is appended to ``events.jsonl`` in the work folder.
+Every connection, login, command (with the client's SSH version) and exit is appended to ``events.jsonl`` in the
+work folder.
 
 Run: ``python -m devstack.sshd --port N --workdir DIR [--user NAME]``.
 """
@@ -81,6 +83,7 @@ class _Control:
     workdir: Path
     refuse: bool = False
     drop: int = 0
+    mute: int = 0
     drop_exec: int = 0
     lose_answer: int = 0
     match: re.Pattern[str] | None = None
@@ -99,6 +102,7 @@ class _Control:
         with self.lock:
             self.refuse = bool(change.get("refuse", self.refuse))
             self.drop = int(change.get("drop", self.drop))
+            self.mute = int(change.get("mute", self.mute))
             self.drop_exec = int(change.get("drop_exec", self.drop_exec))
             self.lose_answer = int(change.get("lose_answer", self.lose_answer))
             self.exec_delay = float(change.get("exec_delay", self.exec_delay))
@@ -189,11 +193,28 @@ class _Server:
                     self.event("dropped", peer=list(peer))
                     sock.close()
                     continue
+                if self.control.take("mute"):
+                    self.event("muted", peer=list(peer))
+                    threading.Thread(target=self._silence, args=(sock,), daemon=True).start()
+                    continue
                 threading.Thread(target=self._connection, args=(sock, peer), daemon=True).start()
         finally:
             if listener is not None:
                 listener.close()
             self.shutdown()
+
+    def _silence(self, sock: socket.socket) -> None:
+        """Hold a muted connection open, reading and answering nothing, until the client leaves or the server stops."""
+        sock.settimeout(_POLL)
+        with sock:
+            while not self.stopping.is_set():
+                try:
+                    if not sock.recv(4096):
+                        return
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
 
     def _connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.event("connected", peer=list(peer))
@@ -231,7 +252,7 @@ class _Server:
         )
         with self._lock:
             self.children.add(proc)
-        self.event("exec", command=command, pid=proc.pid)
+        self.event("exec", command=command, pid=proc.pid, client=channel.get_transport().remote_version)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         held: list[bytes] = []
         send_out = held.append if lose_answer else channel.sendall
@@ -436,7 +457,7 @@ class SshServer(ServerHandle):
 
     def reset(self) -> None:
         """Every fault switch off."""
-        self.set(refuse=False, drop=0, drop_exec=0, lose_answer=0, match=None, exec_delay=0)
+        self.set(refuse=False, drop=0, mute=0, drop_exec=0, lose_answer=0, match=None, exec_delay=0)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """What the server saw (``{"event": "exec", "command": ..., ...}``), optionally one kind only."""

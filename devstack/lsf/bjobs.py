@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 
 from devstack.lsf.cli import LSF_ERROR, Context
-from devstack.lsf.common import in_system, name_matches, parse_job_id, take_options, view_of
+from devstack.lsf.common import name_matches, parse_job_id, take_options, view_of, visible
 from devstack.lsf.model import PENDING_STATES, View
 from devstack.lsf.report import event_time, short_time, wrap_lsf
 from devstack.lsf.state import Job
@@ -103,7 +103,7 @@ def _select(ctx: Context, options: dict[str, list[str]]) -> list[tuple[Job, View
     chosen = []
     for job in ctx.state.all_jobs():
         view = view_of(ctx, job)
-        if in_system(ctx, job, view) and _state_matches(options, view) and _attributes_match(options, job):
+        if visible(ctx, job, view) and _state_matches(options, view) and _attributes_match(options, job):
             chosen.append((job, view))
     return chosen
 
@@ -205,7 +205,7 @@ def _lookup(ctx: Context, ids: list[int], options: dict[str, list[str]]) -> list
     for job_id in ids:
         job = ctx.state.load(job_id)
         view = view_of(ctx, job) if job is not None else None
-        if job is None or view is None or not in_system(ctx, job, view):
+        if job is None or view is None or not visible(ctx, job, view):
             results.append(job_id)
         else:
             results.append((job, view))

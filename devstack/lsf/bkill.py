@@ -104,6 +104,8 @@ def run(ctx: Context, args: list[str]) -> int:
     """Kill the given jobs (or those named by -J, or all with id 0); 255 if any could not be killed."""
     if ctx.state.consume("FAKE_LSF_BKILL_HANG"):
         return hang(ctx)
+    # A slow mbatchd: the request reaches it only after the delay (a bkill killed before then kills nothing).
+    time.sleep(ctx.knobs.number("FAKE_LSF_BKILL_DELAY"))
     options, operands, error = take_options(args, VALUE_OPTIONS, FLAG_OPTIONS, "bkill")
     if error:
         ctx.err(f"{error}\n{USAGE}")

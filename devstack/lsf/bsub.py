@@ -265,6 +265,27 @@ def _runlimit(knobs: Knobs, options: dict[str, str]) -> int | str | None:
     return runlimit
 
 
+_UNITS_MB = {"KB": 1 / 1024, "MB": 1.0, "GB": 1024.0, "TB": 1024.0**2}
+
+
+def _megabytes(value: str) -> float | None:
+    """A -M or rusage[mem=] value in MB: a unit suffix (KB, MB, GB, TB), else LSF_UNIT_FOR_LIMITS' default KB."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]B?)?\s*", value, re.IGNORECASE)
+    if not match:
+        return None
+    unit = (match.group(2) or "KB").upper()
+    return float(match.group(1)) * _UNITS_MB[unit if unit.endswith("B") else unit + "B"]
+
+
+def _over_memory(knobs: Knobs, options: dict[str, str]) -> bool:
+    """True when FAKE_LSF_MEMORY_NEED_MB exceeds the job's -M (or FAKE_LSF_DEFAULT_MEMLIMIT_MB without -M)."""
+    need = knobs.number("FAKE_LSF_MEMORY_NEED_MB")
+    if not need:
+        return False
+    limit = _megabytes(options["-M"]) if "-M" in options else knobs.number("FAKE_LSF_DEFAULT_MEMLIMIT_MB") or None
+    return limit is not None and limit < need
+
+
 def _mode_and_plan(
     knobs: Knobs, options: dict[str, str], name: str, policy: str, project_bad: bool
 ) -> tuple[str, list[dict[str, object]] | None, float]:
@@ -272,6 +293,10 @@ def _mode_and_plan(
     plan = plan_for(name, knobs)
     mode = "held" if "-H" in options else ("scripted" if plan else "real")
     pend_seconds = knobs.number("FAKE_LSF_PEND_SECONDS")
+    if mode != "held" and _over_memory(knobs, options):
+        # The job needs more than its limit: LSF's memory enforcement kills it soon after it starts.
+        plan = parse_plan(f"PEND:{pend_seconds},RUN:1,EXIT:137:TERM_MEMLIMIT", "FAKE_LSF_MEMORY_NEED_MB")
+        mode = "scripted"
     if project_bad and policy == "kill" and mode != "held":
         # Accepted, then killed by the site soon after dispatch (Minerva's missing -P behaviour).
         admin_after = knobs.number("FAKE_LSF_ADMIN_KILL_AFTER")

@@ -34,6 +34,15 @@ def _write_scripted_report(state: StateDir, job: Job, view: View) -> None:
         deliver_report(job, view, state.knobs.get("FAKE_LSF_CLUSTER"), empty_spool, state.mail_dir)
 
 
+def visible(ctx: Context, job: Job, view: View) -> bool:
+    """True when bjobs and bkill find the job: ``in_system``, and older than FAKE_LSF_QUERY_LAG seconds.
+
+    For its first FAKE_LSF_QUERY_LAG seconds a job is accepted but not yet known to queries (mbatchd lag on a busy
+    cluster); its id is already taken.
+    """
+    return ctx.now - job.submit_time >= ctx.knobs.number("FAKE_LSF_QUERY_LAG") and in_system(ctx, job, view)
+
+
 def in_system(ctx: Context, job: Job, view: View) -> bool:
     """True while mbatchd still knows the job: unfinished, or finished less than FAKE_LSF_CLEAN_PERIOD seconds ago."""
     if not view.finished or view.finish_time is None:
@@ -47,7 +56,7 @@ def known_job(ctx: Context, job_id: int) -> tuple[Job, View] | None:
     if job is None:
         return None
     view = view_of(ctx, job)
-    return (job, view) if in_system(ctx, job, view) else None
+    return (job, view) if visible(ctx, job, view) else None
 
 
 def name_matches(pattern: str, name: str) -> bool:

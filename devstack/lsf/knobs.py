@@ -41,6 +41,10 @@ DEFAULTS: dict[str, str] = {
     "FAKE_LSF_TERMINATE_INTERVAL": "10",
     "FAKE_LSF_CLEAN_PERIOD": "3600",
     "FAKE_LSF_UNKWN_AFTER": "",
+    "FAKE_LSF_QUERY_LAG": "0",
+    "FAKE_LSF_BKILL_DELAY": "0",
+    "FAKE_LSF_MEMORY_NEED_MB": "",
+    "FAKE_LSF_DEFAULT_MEMLIMIT_MB": "",
     # Answers that differ between sites and versions
     "FAKE_LSF_NOTFOUND_RC": "0",
     "FAKE_LSF_ERROR_WITH_JOBID": "0",

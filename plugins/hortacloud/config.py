@@ -6,6 +6,7 @@ by key, so a test or a demo only states what differs. Invalid configuration fail
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 from functools import cache
@@ -94,6 +95,14 @@ class LsfConfig(LsfSettings):
     transfer_command: str = Field(min_length=1)
     aws_profile: str
     pool: str = Field(min_length=1)
+    memory_mib: int = Field(ge=0)
+    memory_growth: float = Field(ge=1)
+    execution_timeout_hours: float = Field(ge=0)
+
+    @property
+    def execution_timeout(self) -> dt.timedelta | None:
+        """``execution_timeout_hours`` as the transfers' ``execution_timeout`` (None: no limit)."""
+        return dt.timedelta(hours=self.execution_timeout_hours) if self.execution_timeout_hours else None
 
     @property
     def settings(self) -> LsfSettings:

@@ -180,6 +180,8 @@ def shard_job_kwargs(config: SiteConfig, shard: Mapping[str, Any], sample: str, 
         "project": lsf.project,
         "lsf_queue": lsf.queue,
         "runlimit_minutes": lsf.runlimit_minutes,
+        "memory_mib": lsf.memory_mib,
+        "memory_growth": lsf.memory_growth,
         "output_file": os.path.join(lsf.output_dir, "%J.out") if lsf.output_dir else "",
         "dry_run_submit": dry_run,
     }

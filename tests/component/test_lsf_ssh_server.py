@@ -286,3 +286,62 @@ def test_without_the_profile_a_reattaching_operator_fails_at_once(
     with pytest.raises(AirflowFailException, match="command not found"):
         ssh_op().execute(context_for())  # reattach=True: the first command is bjobs -J, not bsub
     assert len(login.commands()) == 1
+
+
+# -- a login node that never answers, a profile that is not there, the triggerer's own SSH client -------------------
+
+
+@pytest.mark.parametrize("side", ["worker", "triggerer"])
+def test_a_silent_login_node_is_bounded_by_the_command_timeout_and_named(
+    lsf: Emulator, login: Login, side: str
+) -> None:
+    login.server.set(mute=1)  # accepts the connection, never sends its banner
+    hook = LsfHook(CONN_ID, settings=lsf_settings(command_timeout_seconds=2, retries=0))
+    started = time.monotonic()
+    node = rf"127\.0\.0\.1:{login.server.port} \(connection {CONN_ID}\)"
+    expected = rf"bjobs: the LSF login node {node} did not answer within 2s"
+    with pytest.raises(LsfTransientError, match=expected):
+        if side == "worker":
+            hook.run_command(["bjobs", "-a"])
+        else:
+
+            async def ask() -> None:
+                await hook.aprepare()
+                await hook.arun_command(["bjobs", "-a"])
+
+            asyncio.run(ask())
+    assert 1.9 < time.monotonic() - started < 5  # not paramiko's 30-s banner wait
+    assert login.events("muted") and login.commands() == []
+
+
+def test_the_triggerer_runs_commands_over_asyncssh_with_the_host_key_checked(
+    lsf: Emulator, login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lsf.set_knobs(FAKE_LSF_PLAN="RUN")
+    job_id = LsfHook(CONN_ID, settings=lsf_settings()).submit(["bsub", "-J", "async-one", "true"], "async-one")
+
+    async def statuses() -> Any:
+        hook = LsfHook(CONN_ID, settings=lsf_settings(retries=0))
+        await hook.aprepare()
+        return await hook.astatuses([job_id])
+
+    assert asyncio.run(statuses()).statuses[job_id].stat == "RUN"
+    (exec_event,) = [e for e in login.events("exec") if " bjobs " in e["command"]]
+    assert "AsyncSSH" in exec_event["client"]  # the triggerer's client, not paramiko in a thread
+    impostor = paramiko.ECDSAKey.generate()
+    use_connection(monkeypatch, login.server, host_key=f"{impostor.get_name()} {impostor.get_base64()}")
+    before = len(login.commands())
+    with pytest.raises(LsfError, match=r"(?i)host key"):
+        asyncio.run(statuses())
+    assert len(login.commands()) == before  # nothing ran on an impostor
+
+
+def test_a_profile_that_does_not_exist_is_named_at_once(
+    lsf: Emulator, login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connection(monkeypatch, login.server, profile="/misc/lsf/conf/profile.lsf.gone")
+    started = time.monotonic()
+    with pytest.raises(AirflowFailException, match=r"LSF profile /misc/lsf/conf/profile\.lsf\.gone does not exist"):
+        ssh_op().execute(context_for())
+    assert time.monotonic() - started < 5
+    assert len(login.commands()) == 1 and lsf.argvs() == []

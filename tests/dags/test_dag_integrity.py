@@ -44,6 +44,23 @@ def test_transfers_retry_and_refusals_do_not(dagbag) -> None:
     assert retries["fetch_mapping"] > 0 and retries["build_and_write"] == 0 and retries["report"] == 0
 
 
+def test_lsf_transfers_defer_and_end_within_the_configured_timeout(dagbag) -> None:
+    import datetime as dt
+
+    from hortacloud.config import load_config
+
+    upload = dagbag.dags["hortacloud_upload_sample"]
+    transfers = [task for task in upload.tasks if task.task_id.endswith(".transfer")]
+    assert {task.task_id for task in transfers} == {
+        f"{name}.transfer" for name in ("registration", "segmentation", "tracings", "carveouts")
+    }
+    hours = load_config().lsf.execution_timeout_hours
+    assert hours > 0  # a held (PSUSP) job must not wait for ever
+    for task in transfers:
+        assert task.partial_kwargs["deferrable"] is True, task.task_id  # a multi-hour job holds no worker slot
+        assert task.partial_kwargs["execution_timeout"] == dt.timedelta(hours=hours), task.task_id
+
+
 def test_upload_dag_has_one_group_per_product_and_runs_only_when_triggered(dagbag) -> None:
     from airflow.sdk.definitions.timetables.simple import NullTimetable
 

@@ -542,6 +542,50 @@ def test_submit_then_hang_leaves_an_accepted_job_behind(lsf: Emulator) -> None:
     assert lookup.stdout == f"{FIRST} RUN lost-answer\n"
 
 
+def test_query_lag_hides_a_new_job_from_bjobs_and_bkill_but_not_its_id(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_QUERY_LAG=1.5, FAKE_LSF_PLAN="RUN")
+    first = submitted_id(sh(lsf, "bsub", "-J", "lagging", "true").stdout)
+    by_name = sh(lsf, "bjobs", "-a", "-noheader", "-o", "jobid", "-J", "lagging")
+    by_id = sh(lsf, "bjobs", "-noheader", "-o", "jobid stat", str(first))
+    kill = sh(lsf, "bkill", str(first))
+    second = submitted_id(sh(lsf, "bsub", "-J", "other", "true").stdout)
+
+    assert (by_name.stdout, by_name.stderr) == ("", "Job <lagging> is not found\n")
+    assert by_id.stderr == f"Job <{first}> is not found\n"
+    assert (kill.returncode, kill.stderr) == (255, f"Job <{first}>: No matching job found\n")
+    assert second == first + 1  # the id was taken all along
+    time.sleep(1.6)
+    assert stat_line(lsf, first, "jobid stat") == f"{first}|RUN"
+
+
+def test_bkill_delay_answers_late_and_a_killed_bkill_kills_nothing(lsf: Emulator) -> None:
+    job_id = submitted_id(sh(lsf, "bsub", "-J", "slow-kill", "true", FAKE_LSF_PLAN="RUN").stdout)
+    lsf.set_knobs(FAKE_LSF_BKILL_DELAY=2)
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(["bkill", str(job_id)], env=lsf.env(), capture_output=True, timeout=0.5)
+    time.sleep(2)
+    assert stat_line(lsf, job_id, "stat") == "RUN"  # the interrupted bkill never reached mbatchd
+    began = time.monotonic()
+    killed = sh(lsf, "bkill", str(job_id))
+    assert time.monotonic() - began >= 2
+    assert killed.stdout == f"Job <{job_id}> is being terminated\n"
+    assert stat_line(lsf, job_id, "stat exit_reason") == "EXIT|TERM_OWNER: job killed by owner"
+
+
+def test_memory_need_over_the_limit_ends_term_memlimit(lsf: Emulator) -> None:
+    lsf.set_knobs(FAKE_LSF_MEMORY_NEED_MB=3000, FAKE_LSF_DEFAULT_MEMLIMIT_MB=2048, FAKE_LSF_PLAN="RUN:1,DONE")
+    default = submitted_id(sh(lsf, "bsub", "-J", "m0", "true").stdout)
+    small = submitted_id(sh(lsf, "bsub", "-J", "m1", "-M", "2500MB", "true").stdout)
+    kilobytes = submitted_id(sh(lsf, "bsub", "-J", "m2", "-M", "4000000", "true").stdout)  # LSF's default unit
+    big = submitted_id(sh(lsf, "bsub", "-J", "m3", "-M", "4GB", "true").stdout)
+    for job_id in (default, small, kilobytes, big):
+        lsf.wait_finished(job_id)
+    assert stat_line(lsf, default, "stat exit_code exit_reason").startswith("EXIT|137|TERM_MEMLIMIT")
+    assert stat_line(lsf, small, "stat exit_reason").startswith("EXIT|TERM_MEMLIMIT")
+    assert stat_line(lsf, kilobytes, "stat") == "DONE"
+    assert stat_line(lsf, big, "stat") == "DONE"
+
+
 def test_knobs_file_beats_the_environment_while_a_client_runs(lsf: Emulator) -> None:
     env = lsf.env(FAKE_LSF_QUEUES="normal")
     assert subprocess.run(["bsub", "-q", "short", "true"], env=env, capture_output=True).returncode == 255

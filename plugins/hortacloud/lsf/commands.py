@@ -36,8 +36,13 @@ def bsub_argv(
     queue: str = "",
     runlimit_minutes: int = 0,
     output_file: str = "",
+    memory_mib: int = 0,
 ) -> list[str]:
-    """The bsub argv; ``command`` is one argument, parsed by the job's shell when the job runs."""
+    """The bsub argv; ``command`` is one argument, parsed by the job's shell when the job runs.
+
+    ``memory_mib`` sets both the limit (``-M``) and the reservation (``rusage[mem=]``), with an explicit unit, since
+    LSF reads a bare number in ``LSF_UNIT_FOR_LIMITS`` (KB unless the site changed it).
+    """
     argv = ["bsub", "-J", job_name]
     if slots:
         argv += ["-n", str(slots)]
@@ -49,6 +54,8 @@ def bsub_argv(
         argv += ["-W", str(runlimit_minutes)]
     if output_file:
         argv += ["-o", output_file]
+    if memory_mib:
+        argv += ["-M", f"{memory_mib}MB", "-R", f"rusage[mem={memory_mib}MB]"]
     argv.append(command)
     return argv
 
@@ -86,9 +93,23 @@ def transfer_command(template: str, *, source: str, destination: str, aws_profil
         ) from None
 
 
+#: Exit code and first words of the line that ``shell_line`` prints when the profile cannot be read.
+PROFILE_MISSING_CODE = 126
+PROFILE_MISSING = "hortacloud: LSF profile"
+
+
 def shell_line(argv: Sequence[str], profile: str = "") -> str:
-    """One shell command line for ``argv``, sourcing ``profile`` first when given; every word is quoted."""
+    """One shell command line for ``argv``, sourcing ``profile`` first when given; every word is quoted.
+
+    A profile that does not exist (or cannot be read) ends the line with exit 126 and a message naming it, instead
+    of the silent failure of ``.`` that would look like an LSF command printing nothing.
+    """
     line = shlex.join(argv)
-    if profile:
-        return f". {shlex.quote(profile)} >/dev/null 2>&1 && {line}"
-    return line
+    if not profile:
+        return line
+    quoted = shlex.quote(profile)
+    missing = shlex.quote(f"{PROFILE_MISSING} {profile} does not exist or cannot be read")
+    return (
+        f"{{ test -r {quoted} || {{ echo {missing} >&2; exit {PROFILE_MISSING_CODE}; }}; }} && "
+        f". {quoted} >/dev/null 2>&1 && {line}"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shlex
 import signal
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 from airflow.sdk import BaseHook
 
-from hortacloud.lsf.commands import bjobs_argv, shell_line
+from hortacloud.lsf.commands import PROFILE_MISSING, PROFILE_MISSING_CODE, bjobs_argv, shell_line
 from hortacloud.lsf.parsers import (
     NOTHING_FOUND,
     PERMANENT_SIGNS,
@@ -35,6 +36,7 @@ from hortacloud.lsf.parsers import (
     Rejected,
     Submitted,
     Transient,
+    job_output,
     lsf_words,
     parse_bhist_long,
     parse_bjobs_json,
@@ -45,6 +47,9 @@ from hortacloud.lsf.parsers import (
 from hortacloud.lsf.settings import LsfSettings
 
 T = TypeVar("T")
+
+#: How much of a job's output file the failure message reads (from its end).
+_TAIL_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,16 +117,19 @@ class LsfHook(BaseHook):
             self.log.debug("No connection %r: running LSF commands locally", self.lsf_conn_id)
             return None
 
-    def _resolve(self, conn: Any | None) -> tuple[str, LsfSettings]:
+    def _resolve(self, conn: Any | None) -> tuple[str, LsfSettings, str]:
         if conn is None:
-            return "local", self.base_settings
+            return "local", self.base_settings, "this host"
         extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
         settings = self.base_settings.with_connection_extra(extra, str(self.lsf_conn_id))
-        return ("ssh" if (conn.conn_type or "").lower() == "ssh" else "local"), settings
+        if (conn.conn_type or "").lower() != "ssh":
+            return "local", settings, "this host"
+        port = f":{conn.port}" if conn.port else ""
+        return "ssh", settings, f"{conn.host}{port} (connection {self.lsf_conn_id})"
 
     @cached_property
-    def _resolved(self) -> tuple[str, LsfSettings]:
-        """(``local`` or ``ssh``, the settings with the connection's extra), resolved once from the connection."""
+    def _resolved(self) -> tuple[str, LsfSettings, str]:
+        """(``local`` or ``ssh``, the settings with the connection's extra, the login node), resolved once."""
         return self._resolve(self._connection())
 
     async def aprepare(self) -> None:
@@ -148,6 +156,11 @@ class LsfHook(BaseHook):
         """``ssh`` (commands run on the connection's login node) or ``local``."""
         return self._resolved[0]
 
+    @property
+    def login_node(self) -> str:
+        """``host:port (connection id)`` of the login node, for messages (``this host`` when commands run here)."""
+        return self._resolved[2]
+
     @cached_property
     def ssh_hook(self) -> Any:
         """The ssh provider's SSHHook for the connection (imported only when SSH is used)."""
@@ -158,10 +171,28 @@ class LsfHook(BaseHook):
                 f"Connection {self.lsf_conn_id!r} is of type ssh but apache-airflow-providers-ssh is not installed"
             ) from err
         # One connection attempt: this hook retries with its own backoff (and looks a job up before resubmitting);
-        # SSHHook's default 3 attempts would hide 3-5 s sleeps inside each of those retries.
+        # SSHHook's default 3 attempts would hide 3-5 s sleeps inside each of those retries. Connecting, the banner
+        # and the login each get the command timeout (paramiko's 30-s banner wait would ignore it).
+        timeout = self.settings.command_timeout_seconds
         return SSHHook(
-            ssh_conn_id=self.lsf_conn_id, cmd_timeout=self.settings.command_timeout_seconds, conn_retry_attempts=1
+            ssh_conn_id=self.lsf_conn_id,
+            cmd_timeout=timeout,
+            conn_timeout=math.ceil(timeout),
+            banner_timeout=timeout,
+            auth_timeout=math.ceil(timeout),
+            conn_retry_attempts=1,
         )
+
+    @cached_property
+    def ssh_hook_async(self) -> Any:
+        """The ssh provider's SSHHookAsync (asyncssh) for the triggerer: same connection, same host-key rules."""
+        try:
+            from airflow.providers.ssh.hooks.ssh import SSHHookAsync
+        except ImportError as err:
+            raise LsfError(
+                f"Connection {self.lsf_conn_id!r} is of type ssh but apache-airflow-providers-ssh is not installed"
+            ) from err
+        return SSHHookAsync(ssh_conn_id=str(self.lsf_conn_id))
 
     @cached_property
     def _ssh_lock(self) -> threading.RLock:
@@ -207,10 +238,20 @@ class LsfHook(BaseHook):
             ) from None
         return CommandResult(proc.returncode, stdout, stderr)
 
+    def _silent(self, argv: Sequence[str], connected: bool) -> LsfTransientError:
+        """The timeout error: the command hung on the login node, or the node itself never answered."""
+        timeout = self.settings.command_timeout_seconds
+        if connected:
+            return LsfTransientError(f"{argv[0]} did not answer within {timeout:g}s on {self.login_node}")
+        return LsfTransientError(f"{argv[0]}: the LSF login node {self.login_node} did not answer within {timeout:g}s")
+
     def _run_ssh(self, argv: Sequence[str]) -> CommandResult:
         timed_out = threading.Event()
+        began = time.monotonic()
+        connected = False
         try:
             with self._ssh_lock, self.ssh_hook.get_conn() as client:
+                connected = True
                 # SSHHook's timeout counts idle time only, and a hung LSF command prints "still trying" every
                 # second: the link is closed at the deadline instead.
                 timer = threading.Timer(self.settings.command_timeout_seconds, _hang_up, (client, timed_out))
@@ -229,27 +270,48 @@ class LsfHook(BaseHook):
         except LsfError:
             raise
         except Exception as exc:  # paramiko, socket and SSHHook errors alike: the link failed, not LSF
-            if timed_out.is_set():
-                raise LsfTransientError(
-                    f"{argv[0]} did not answer within {self.settings.command_timeout_seconds:g}s over SSH"
-                ) from exc
-            raise LsfTransientError(f"{argv[0]} over SSH ({self.lsf_conn_id}) failed: {_link_error(exc)}") from exc
+            # A login node that accepts but never answers ends in a banner or auth timeout, or "No existing session".
+            if timed_out.is_set() or time.monotonic() - began >= 0.9 * self.settings.command_timeout_seconds:
+                raise self._silent(argv, connected) from exc
+            raise LsfTransientError(f"{argv[0]} over SSH ({self.login_node}) failed: {_link_error(exc)}") from exc
         if timed_out.is_set():
-            raise LsfTransientError(
-                f"{argv[0]} did not answer within {self.settings.command_timeout_seconds:g}s over SSH"
-            )
-        stdout, stderr = raw_out.decode(errors="replace"), raw_err.decode(errors="replace")
+            raise self._silent(argv, connected=True)
+        return self._ssh_result(argv, rc, raw_out.decode(errors="replace"), raw_err.decode(errors="replace"))
+
+    @staticmethod
+    def _ssh_result(argv: Sequence[str], rc: int, stdout: str, stderr: str) -> CommandResult:
         if rc in (-1, 255) and not stdout.strip() and "Job <" not in stderr and not PERMANENT_SIGNS.search(stderr):
             # 255 is also ssh's own failure code; only words LSF wrote tell an LSF answer apart from a dropped link.
             raise LsfTransientError(f"{argv[0]} over SSH exited {rc}: {stderr.strip() or 'no message'}")
         return CommandResult(rc, stdout, stderr)
 
+    async def _arun_ssh(self, argv: Sequence[str]) -> CommandResult:
+        """One command over asyncssh: connecting, the login and the command all within the command timeout."""
+        timeout = self.settings.command_timeout_seconds
+        connected = False
+
+        async def call() -> tuple[int, str, str]:
+            nonlocal connected
+            async with await self.ssh_hook_async.get_conn() as connection:
+                connected = True
+                result = await connection.run(self._ssh_command(argv), check=False)
+                status = -1 if result.exit_status is None else int(result.exit_status)  # None: killed by a signal
+                return status, str(result.stdout or ""), str(result.stderr or "")
+
+        try:
+            rc, stdout, stderr = await asyncio.wait_for(call(), timeout)
+        except TimeoutError:
+            raise self._silent(argv, connected) from None
+        except LsfError:
+            raise
+        except Exception as exc:  # asyncssh and socket errors: the link failed, not LSF
+            raise LsfTransientError(f"{argv[0]} over SSH ({self.login_node}) failed: {_link_error(exc)}") from exc
+        return self._ssh_result(argv, rc, stdout, stderr)
+
     async def arun_command(self, argv: Sequence[str]) -> CommandResult:
         """The async twin of ``run_command`` for the triggerer: never blocks the event loop."""
         if self.mode == "ssh":
-            from asgiref.sync import sync_to_async
-
-            return await sync_to_async(self._run_ssh)(argv)
+            return await self._arun_ssh(argv)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._local_argv(argv),
@@ -306,7 +368,13 @@ class LsfHook(BaseHook):
 
     @staticmethod
     def _found(command: str, result: CommandResult) -> None:
-        """A missing LSF command (profile not sourced, not an LSF client) cannot come right by retrying."""
+        """A missing profile or LSF command (profile not sourced, not an LSF client) cannot come right by retrying."""
+        if result.returncode == PROFILE_MISSING_CODE and PROFILE_MISSING in result.stderr:
+            line = next(line for line in result.stderr.splitlines() if PROFILE_MISSING in line)
+            raise LsfRejected(
+                f"{line.strip()}: set [lsf] profile (or the LSF connection's extra 'profile') to the cluster's "
+                "profile.lsf, or empty when the LSF commands are on PATH"
+            )
         if result.returncode == 127 or "command not found" in result.stderr:
             words = lsf_words(result.stdout, result.stderr) or f"{command} exited {result.returncode}"
             raise LsfRejected(f"{words} (is [lsf] profile, or the connection's extra 'profile', right?)")
@@ -372,8 +440,10 @@ class LsfHook(BaseHook):
         """
         delays = self._delays()
         while True:
+            sent = time.monotonic()
             try:
                 result = self.run_command(argv)
+                self._found("bsub", result)
                 outcome = parse_bsub(result.stdout, result.stderr, result.returncode)
             except LsfTransientError as err:
                 outcome = Transient(str(err))
@@ -381,7 +451,7 @@ class LsfHook(BaseHook):
                 return outcome.job_id
             if isinstance(outcome, Rejected):
                 raise LsfRejected(f"LSF refused job {job_name}: {outcome.message}")
-            existing = self._lookup_after_failure(job_name, ignore)
+            existing = self._lookup_after_failure(job_name, ignore, sent)
             if existing:
                 self.log.warning(
                     "bsub failed (%s) but LSF has job %s named %s; using it", outcome.message, existing, job_name
@@ -393,16 +463,36 @@ class LsfHook(BaseHook):
             self.log.warning("bsub failed (%s); retrying in %.1fs", outcome.message, delay)
             time.sleep(delay)
 
-    def _lookup_after_failure(self, job_name: str, ignore: Collection[str]) -> str | None:
-        try:
-            found = [job for job in self.find_by_name(job_name) if job.job_id not in ignore]
-        except LsfTransientError as err:
-            raise LsfTransientError(
-                f"bsub failed and LSF could not be asked whether job {job_name} exists ({err}); not submitting again"
-            ) from err
-        return found[0].job_id if found else None
+    def _lookup_after_failure(self, job_name: str, ignore: Collection[str], sent: float) -> str | None:
+        """The job a failed bsub may have submitted all the same, looked for by name.
+
+        mbatchd can accept a job and show it to bjobs only seconds later, so a miss is looked at again until
+        ``not_found_grace_seconds`` after the bsub was sent; only then may it be sent again.
+        """
+        grace = self.settings.not_found_grace_seconds
+        pause = min(2.0, max(grace / 10, 0.05))
+        while True:
+            try:
+                found = [job for job in self.find_by_name(job_name) if job.job_id not in ignore]
+            except LsfTransientError as err:
+                raise LsfTransientError(
+                    f"bsub failed and LSF could not be asked whether job {job_name} exists ({err}); "
+                    "not submitting again"
+                ) from err
+            if found:
+                return found[0].job_id
+            waited = time.monotonic() - sent
+            if waited + pause > grace:
+                return None
+            self.log.info(
+                "LSF shows no job %s %.0fs after the failed bsub; looking again (mbatchd may not show it yet)",
+                job_name,
+                waited,
+            )
+            time.sleep(pause)
 
     def _read_kill(self, result: CommandResult) -> KillOutcome:
+        self._found("bkill", result)
         return parse_bkill(result.stdout, result.stderr, result.returncode)
 
     def kill(self, job_id: str) -> KillOutcome:
@@ -418,14 +508,24 @@ class LsfHook(BaseHook):
         return await self._aretrying("bkill", call)
 
     def tail(self, path: str, lines: int = 20) -> str:
-        """The last lines of a job's output file, or '' when it does not exist (yet) or cannot be read."""
+        """The job's own last lines in its output file (LSF's report left out), or '' when it cannot be read.
+
+        Only the file's last 256 KiB are read. When the job printed nothing, the last lines of LSF's report stand in.
+        """
         if not path:
             return ""
         try:
             if self.mode == "ssh":
-                result = self._run_ssh(["tail", "-n", str(lines), "--", path])
-                return result.stdout if result.returncode == 0 else ""
-            with open(path, errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
+                result = self._run_ssh(["tail", "-c", str(_TAIL_BYTES), "--", path])
+                if result.returncode != 0:
+                    return ""
+                text = result.stdout
+            else:
+                with open(path, "rb") as handle:
+                    handle.seek(max(0, os.fstat(handle.fileno()).st_size - _TAIL_BYTES))
+                    text = handle.read().decode(errors="replace")
         except (OSError, LsfError):
             return ""
+        own = job_output(text)
+        chosen = own if own else text.splitlines()
+        return "".join(f"{line}\n" for line in chosen[-lines:])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, conf
+from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from hortacloud.lsf.commands import bsub_argv, lsf_job_name, shell_line
@@ -20,8 +22,12 @@ from hortacloud.lsf.watch import AskHistory, Finished, JobWatch, Outcome
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Key in ``context["task_state_store"]`` (Airflow 3.3) and in XCom: {"job_id", "job_name", "output_file"}.
+#: Key in ``context["task_state_store"]`` (Airflow 3.3) and in XCom: {"job_id", "job_name", "output_file",
+#: "submitted_at", "memory_mib"}.
 STATE_KEY = "lsf_job"
+
+#: LSF's exit reason for a job killed at its memory limit.
+MEMLIMIT = "TERM_MEMLIMIT"
 
 
 class LsfJobOperator(BaseOperator):
@@ -52,7 +58,11 @@ class LsfJobOperator(BaseOperator):
     :param lsf_queue: ``bsub -q``; empty for LSF's default queue (templated). Not ``queue``: every operator
         has that one already (the executor queue).
     :param runlimit_minutes: ``bsub -W``; 0 for none.
-    :param output_file: ``bsub -o``, ``%J`` allowed; its tail goes into the failure message (templated).
+    :param output_file: ``bsub -o``, ``%J`` allowed; the job's own last lines go into the failure message
+        (templated).
+    :param memory_mib: ``bsub -M`` and ``rusage[mem=]`` in MiB; 0 asks for none (the queue's default limit).
+    :param memory_growth: after LSF killed the job for memory (``TERM_MEMLIMIT``), the retry asks for this many
+        times the memory of the killed job; without ``memory_mib`` such a job fails, naming the setting.
     :param settings: polling, timeouts and retries (``LsfSettings``, or its mapping); None: the site configuration's
         ``[lsf]`` values, read when the task runs.
     :param cancel_on_kill: bkill the job when the task is killed (blocking ``on_kill`` and the trigger's).
@@ -79,6 +89,8 @@ class LsfJobOperator(BaseOperator):
         lsf_queue: str = "",
         runlimit_minutes: int = 0,
         output_file: str = "",
+        memory_mib: int = 0,
+        memory_growth: float = 2.0,
         settings: LsfSettings | Mapping[str, Any] | None = None,
         cancel_on_kill: bool = True,
         reattach: bool = True,
@@ -91,6 +103,8 @@ class LsfJobOperator(BaseOperator):
         super().__init__(**kwargs)
         if name_scope not in ("run", "dag"):
             raise ValueError(f"name_scope {name_scope!r} must be 'run' or 'dag'")
+        if memory_mib < 0 or memory_growth < 1:
+            raise ValueError(f"memory_mib {memory_mib!r} must be >= 0 and memory_growth {memory_growth!r} >= 1")
         self.command = command
         self.job_name = job_name
         self.source = source
@@ -100,6 +114,8 @@ class LsfJobOperator(BaseOperator):
         self.lsf_queue = lsf_queue
         self.runlimit_minutes = runlimit_minutes
         self.output_file = output_file
+        self.memory_mib = memory_mib
+        self.memory_growth = memory_growth
         self.settings = settings
         self.cancel_on_kill = cancel_on_kill
         self.reattach = reattach
@@ -108,6 +124,7 @@ class LsfJobOperator(BaseOperator):
         self.dry_run_submit = dry_run_submit
         self.deferrable = deferrable
         self.lsf_job_id: str | None = None
+        self._memory = memory_mib  # what the next submission asks for (grows after TERM_MEMLIMIT)
 
     @cached_property
     def hook(self) -> LsfHook:
@@ -129,8 +146,8 @@ class LsfJobOperator(BaseOperator):
             source=self.source,
         )
 
-    def bsub_argv(self, name: str) -> list[str]:
-        """The ``bsub`` argv this task submits under ``name``."""
+    def bsub_argv(self, name: str, memory_mib: int | None = None) -> list[str]:
+        """The ``bsub`` argv this task submits under ``name`` (with ``memory_mib``, default ``self.memory_mib``)."""
         return bsub_argv(
             command=self.command,
             job_name=name,
@@ -139,6 +156,7 @@ class LsfJobOperator(BaseOperator):
             queue=self.lsf_queue,
             runlimit_minutes=self.runlimit_minutes,
             output_file=self.output_file,
+            memory_mib=self.memory_mib if memory_mib is None else memory_mib,
         )
 
     @staticmethod
@@ -156,12 +174,25 @@ class LsfJobOperator(BaseOperator):
             return None
         return value if isinstance(value, dict) else None
 
+    def _recorded_job(self, context: Context) -> dict[str, Any]:
+        """The current try's job record: the task state store, else its XCom (cleared at the start of each try)."""
+        stored = self._stored_job(context)
+        if stored:
+            return stored
+        try:
+            value = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=STATE_KEY)
+        except Exception as err:  # no XCom backend (a unit test's task instance)
+            self.log.debug("XCom %s unavailable: %s", STATE_KEY, err)
+            return {}
+        return value if isinstance(value, dict) else {}
+
     def _remember(self, context: Context, job_id: str, name: str, submitted_at: float) -> None:
         record = {
             "job_id": job_id,
             "job_name": name,
             "output_file": self._output_path(job_id),
             "submitted_at": submitted_at,
+            "memory_mib": self._memory,
         }
         store = self._state_store(context)
         if store is not None:
@@ -194,17 +225,11 @@ class LsfJobOperator(BaseOperator):
         """
         stored = self._stored_job(context)
         if stored and stored.get("job_name") == name and stored.get("job_id"):
-            job_id = str(stored["job_id"])
-            try:
-                job = self.hook.statuses([job_id]).statuses.get(job_id)
-            except LsfError as err:
-                self.log.warning("Could not ask LSF about stored job %s (%s); looking it up by name", job_id, err)
-                job = None
-            if job is not None and job.job_name == name:
-                return job, set()
+            job = self._stored_status(str(stored["job_id"]), name)
             if job is not None:
-                self.log.warning("LSF job id %s now belongs to %r (id reused); not attaching", job_id, job.job_name)
+                return job, set()
         found = self.hook.find_by_name(name)
+        self._refuse_while_zombie(found)
         if self.name_scope == "dag":
             live = [job for job in found if job.phase not in ("success", "failure")]
             if live:
@@ -222,6 +247,60 @@ class LsfJobOperator(BaseOperator):
         if len(found) > 1:
             self.log.warning("LSF knows %d jobs named %s (%s); following the newest", len(found), name, found)
         return (found[0] if found else None), set()
+
+    def _stored_status(self, job_id: str, name: str) -> JobStatus | None:
+        """The state of the job this task instance recorded: bjobs, else bhist (bjobs forgets after CLEAN_PERIOD)."""
+        try:
+            job = self.hook.statuses([job_id]).statuses.get(job_id)
+        except LsfError as err:
+            self.log.warning("Could not ask LSF about stored job %s (%s); looking it up by name", job_id, err)
+            return None
+        if job is not None and job.job_name == name:
+            return job
+        if job is not None:
+            self.log.warning(
+                "LSF job id %s now belongs to %r (id reused); asking bhist about ours", job_id, job.job_name
+            )
+        try:
+            history = self.hook.history(job_id)
+        except LsfError as err:
+            self.log.warning("bjobs no longer knows LSF job %s and bhist could not be asked (%s)", job_id, err)
+            return None
+        if history is not None and (not history.job_name or history.job_name == name):
+            self.log.info("bjobs no longer knows LSF job %s (%s); bhist says %s", job_id, name, history.stat)
+            return history
+        self.log.warning("Neither bjobs nor bhist knows LSF job %s (%s) any more; looking it up by name", job_id, name)
+        return None
+
+    def _refuse_while_zombie(self, jobs: Sequence[JobStatus]) -> None:
+        """A ZOMBI job may still be running: never start a second transfer of the same source beside it."""
+        for job in jobs:
+            if job.stat.upper() == "ZOMBI":
+                raise AirflowException(
+                    f"LSF job {job.job_id} ({job.job_name}) is ZOMBI: LSF could not reach its host to kill it, so it "
+                    f"may still be transferring {self.source or self.task_id}. Not submitting a second job beside it. "
+                    f"Once bjobs shows it EXIT (or an LSF admin runs bkill -r {job.job_id}), retry or clear this task."
+                )
+
+    def _memory_after(self, job: JobStatus, stored: Mapping[str, Any] | None) -> int:
+        """The memory to ask for when resubmitting after ``job`` failed; grown after TERM_MEMLIMIT."""
+        used = int((stored or {}).get("memory_mib") or self.memory_mib)
+        if not (job.exit_reason or "").startswith(MEMLIMIT):
+            return max(used, self.memory_mib)
+        if not self.memory_mib:
+            raise AirflowFailException(self._memory_hint(job.job_id, 0))
+        grown = math.ceil(max(used, self.memory_mib) * self.memory_growth)
+        self.log.info("LSF job %s was killed for memory at %d MiB; resubmitting with %d MiB", job.job_id, used, grown)
+        return grown
+
+    def _memory_hint(self, job_id: str, used: int) -> str:
+        if not used:
+            return (
+                f"LSF killed job {job_id} for memory ({MEMLIMIT}) at the queue's default limit; set [lsf] memory_mib "
+                "(MiB, bsub -M) above what the job needs, then retry"
+            )
+        grown = math.ceil(used * self.memory_growth)
+        return f"LSF killed job {job_id} for memory ({MEMLIMIT}) at {used} MiB; the next try asks for {grown} MiB"
 
     def _look_for_earlier(self, context: Context, name: str) -> tuple[JobStatus | None, set[str]]:
         """``_earlier_job`` with LSF's failures turned into task failures: never submit blind."""
@@ -259,11 +338,14 @@ class LsfJobOperator(BaseOperator):
         if job is not None:
             self.lsf_job_id = job.job_id
             self.log.info("Found LSF job %s (%s), %s", job.job_id, name, job.stat)
+            self._refuse_while_zombie([job])
             if job.phase == "success" or (job.phase == "failure" and not self.resubmit_failed):
                 self._remember(context, job.job_id, name, submitted_at)
                 return self._finish(self._watch(job.job_id, name, submitted_at).final(job).event)
             if job.phase == "failure":
                 self.log.info("Earlier LSF job %s failed (%s); submitting it again", job.job_id, job.exit_reason)
+                self._memory = self._memory_after(job, self._stored_job(context))
+                argv = self.bsub_argv(name, self._memory)
                 failed_before.add(job.job_id)
                 job = None
             else:
@@ -302,11 +384,26 @@ class LsfJobOperator(BaseOperator):
                 return outcome.event
             time.sleep(watch.backoff(self.hook.settings.poll_interval_seconds))
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after the triggerer; when the deferral ran out of ``execution_timeout``, bkill the job first."""
+        if (
+            next_method == TRIGGER_FAIL_REPR
+            and (next_kwargs or {}).get("error") == TriggerFailureReason.TRIGGER_TIMEOUT
+        ):
+            self.lsf_job_id = str(self._recorded_job(context).get("job_id") or "") or None
+            if self.lsf_job_id:
+                self.log.error(
+                    "execution_timeout (%s) ran out; cancelling LSF job %s", self.execution_timeout, self.lsf_job_id
+                )
+            self.on_kill()
+        return super().resume_execution(next_method, next_kwargs, context)
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: succeed, or raise with the job's own words."""
         if not event or "status" not in event:
             raise AirflowException(f"LSF trigger sent an unreadable event: {event!r}")
         self.lsf_job_id = str(event.get("job_id") or "") or None
+        self._memory = int(self._recorded_job(context).get("memory_mib") or self.memory_mib)
         return self._finish(event)
 
     def _succeed(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -317,9 +414,15 @@ class LsfJobOperator(BaseOperator):
         if event["status"] == "success":
             return self._succeed(event)
         message = str(event.get("message") or f"LSF job {event.get('job_id')} did not succeed")
-        tail = self.hook.tail(self._output_path(str(event.get("job_id") or "")))
+        job_id = str(event.get("job_id") or "")
+        tail = self.hook.tail(self._output_path(job_id))
         if tail:
-            message += f"\nLast lines of {self._output_path(str(event['job_id']))}:\n{tail.rstrip()}"
+            message += f"\nLast lines of the job's output ({self._output_path(job_id)}):\n{tail.rstrip()}"
+        if str(event.get("exit_reason") or "").startswith(MEMLIMIT):
+            message += f"\n{self._memory_hint(job_id, self._memory)}"
+            if not self._memory:
+                self.log.error("%s", message)
+                raise AirflowFailException(message)  # retrying with the same limit cannot help
         self.log.error("%s", message)
         raise AirflowException(message)
 

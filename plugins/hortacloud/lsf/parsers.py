@@ -340,3 +340,44 @@ def parse_bkill(stdout: str, stderr: str, returncode: int) -> KillOutcome:
     if TRANSIENT_SIGNS.search(words):
         raise LsfTransientError(words)
     raise LsfError(words)
+
+
+_REPORT_START = re.compile(r"^Sender: LSF System <")
+_OUTPUT_FOLLOWS = "The output (if any) follows:"
+
+
+def job_output(text: str) -> list[str]:
+    """The job's own lines of an ``-o`` file, without the report LSF writes into it.
+
+    Without ``LSB_STDOUT_DIRECT`` the report comes first and the output after "The output (if any) follows:"; with
+    it, the job wrote the file itself and the report is appended at the end (docs/lsf-behaviour.md, A.4). A file
+    appended to by several jobs holds several reports; every one is left out.
+    """
+    lines = text.splitlines()
+    kept: list[str] = []
+    index = 0
+    while index < len(lines):
+        if not _REPORT_START.match(lines[index]):
+            kept.append(lines[index])
+            index += 1
+            continue
+        index = _after_report(lines, index)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
+
+
+def _after_report(lines: list[str], start: int) -> int:
+    """The index of the first line after the report that starts at ``start``."""
+    in_usage = False
+    for index in range(start + 1, len(lines)):
+        line = lines[index]
+        if line.strip() == _OUTPUT_FOLLOWS:
+            return index + 2 if index + 1 < len(lines) and not lines[index + 1].strip() else index + 1
+        if line.startswith("Resource usage summary:"):
+            in_usage = True
+        elif in_usage and line.strip() and not line.startswith((" ", "\t")):
+            return index  # the report of a direct-output job ends with its usage summary
+        if _REPORT_START.match(line):
+            return index
+    return len(lines)

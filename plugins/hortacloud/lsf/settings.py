@@ -32,6 +32,7 @@ class LsfSettings(BaseModel):
     first_poll_seconds: float = Field(ge=0)
     not_found_grace_seconds: float = Field(ge=0)
     max_poll_failures: int = Field(ge=1)
+    kill_timeout_seconds: float = Field(gt=0)
 
     @classmethod
     def site(cls) -> LsfSettings:
@@ -42,12 +43,20 @@ class LsfSettings(BaseModel):
 
     @classmethod
     def of(cls, value: LsfSettings | Mapping[str, Any] | None) -> LsfSettings:
-        """``value`` as settings: itself, a mapping (a trigger's serialized kwargs), or None for the site's."""
+        """``value`` as settings: itself, a mapping (a trigger's serialized kwargs), or None for the site's.
+
+        A mapping that lacks a setting (a trigger stored by an older hortacloud) gets the site's value for it.
+        """
         if value is None:
             return cls.site()
         if isinstance(value, LsfSettings):
             return value
-        return cls.model_validate(dict(value))
+        given = dict(value)
+        missing = set(cls.model_fields) - set(given)
+        if missing:
+            site = cls.site().model_dump()
+            given |= {key: site[key] for key in missing}
+        return cls.model_validate(given)
 
     def replaced(self, **changes: Any) -> LsfSettings:
         """A copy with ``changes`` applied and validated (a test's shorter interval, a connection's profile)."""

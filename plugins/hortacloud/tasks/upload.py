@@ -233,6 +233,8 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_
         "project": lsf.project,
         "lsf_queue": lsf.queue,
         "runlimit_minutes": lsf.runlimit_minutes,
+        "memory_mib": lsf.memory_mib,
+        "memory_growth": lsf.memory_growth,
         "output_file": output_file,
         "dry_run_submit": dry_run,
     }

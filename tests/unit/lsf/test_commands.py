@@ -75,7 +75,7 @@ def test_bsub_argv_and_shell_line_round_trip() -> None:
     ]
     assert shlex.split(shell_line(argv)) == argv
     line = shell_line(["bjobs"], "/misc/lsf/conf/profile.lsf")
-    assert line.startswith(". /misc/lsf/conf/profile.lsf ") and line.endswith("&& bjobs")
+    assert ". /misc/lsf/conf/profile.lsf >/dev/null 2>&1 && bjobs" in line
     assert bjobs_argv(["1", "2"]) == [
         "bjobs",
         "-a",
@@ -86,3 +86,18 @@ def test_bsub_argv_and_shell_line_round_trip() -> None:
         "2",
     ]
     assert bjobs_argv(name="n", output_format="text")[-2:] == ["-J", "n"]
+
+
+def test_shell_line_sources_the_profile_or_names_it_when_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    profile = tmp_path / "lsf conf" / "profile.lsf"
+    profile.parent.mkdir()
+    profile.write_text("export LSF_ENVDIR=/misc/lsf/conf\necho chatter\n")
+    argv = ["sh", "-c", 'echo "$LSF_ENVDIR"']
+    ran = subprocess.run(["bash", "-c", shell_line(argv, str(profile))], capture_output=True, text=True, check=False)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "/misc/lsf/conf\n", "")
+    gone = str(tmp_path / "nowhere" / "profile.lsf")
+    missing = subprocess.run(["bash", "-c", shell_line(argv, gone)], capture_output=True, text=True, check=False)
+    assert missing.returncode == 126 and missing.stdout == ""
+    assert missing.stderr == f"hortacloud: LSF profile {gone} does not exist or cannot be read\n"
