@@ -121,6 +121,7 @@ class AirflowStack:
         extra_bundles: Mapping[str, Path] | None = None,
         port: int | None = None,
         api_conn_id: str | None = None,
+        triggerers: int = 1,
     ) -> None:
         self.home = Path(home).resolve()
         self.dags_folder = Path(dags_folder).resolve()
@@ -132,6 +133,12 @@ class AirflowStack:
         self.extra_bundles = {name: Path(path).resolve() for name, path in (extra_bundles or {}).items()}
         self.requested_port = port
         self.api_conn_id = api_conn_id
+        if triggerers < 1:
+            raise ValueError(f"triggerers {triggerers!r} must be at least 1")
+        #: Component names of the triggerers: ``triggerer``, then ``triggerer-2`` ...
+        self.triggerer_names = ["triggerer", *(f"triggerer-{n}" for n in range(2, triggerers + 1))]
+        #: Each running triggerer's job id (``TriggererJob``), by component name: which one holds a trigger.
+        self.triggerer_jobs: dict[str, int] = {}
         self._password: str | None = None
         self.port: int | None = None
         self.client: AirflowClient | None = None
@@ -230,8 +237,8 @@ class AirflowStack:
             "api-server": [airflow, "api-server", "-H", LOOPBACK, "-p", str(self.port)],
             "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
             "dag-processor": [airflow, "dag-processor"],
-            "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
         }
+        self._argv |= {name: [airflow, "triggerer", "--skip-serve-logs"] for name in self.triggerer_names}
         try:
             for name in COMPONENTS:
                 self._launch(name, env)
@@ -245,10 +252,15 @@ class AirflowStack:
             self._wait(client.is_healthy, deadline, "all components healthy")
             self.timings["healthy"] = time.monotonic() - started
             self._wait(warmed.is_set, deadline, "execution API ready")
+            self.client = client
+            # One triggerer at a time, so each job id is known to belong to its component.
+            self.triggerer_jobs["triggerer"] = self._new_triggerer_job(deadline)
+            for name in self.triggerer_names[1:]:
+                self._launch(name, env)
+                self.triggerer_jobs[name] = self._new_triggerer_job(deadline)
         except BaseException:
             self.stop()
             raise
-        self.client = client
         self.startup_seconds = self.timings["ready"] = time.monotonic() - started
         log.info(
             "Airflow at %s ready after %.1fs %s (home %s)", self.url, self.startup_seconds, self.timings, self.home
@@ -271,6 +283,47 @@ class AirflowStack:
         process.stop(grace=1.0)
         log.info("Airflow %s stopped; starting it again", name)
         self._launch(name, self.environment())
+        if name in self.triggerer_jobs:
+            del self.triggerer_jobs[name]
+            self.triggerer_jobs[name] = self._new_triggerer_job(time.monotonic() + 120)
+
+    def _new_triggerer_job(self, deadline: float) -> int:
+        """The id of the running TriggererJob that is not one of ``triggerer_jobs`` (the one just launched)."""
+        assert self.client is not None
+        known = set(self.triggerer_jobs.values())
+
+        def fresh() -> list[int]:
+            jobs = self.client.request(  # type: ignore[union-attr]
+                "GET", "/api/v2/jobs", params={"job_type": "TriggererJob", "job_state": "running", "limit": 100}
+            )["jobs"]
+            return [job["id"] for job in jobs if job["id"] not in known]
+
+        ids: list[int] = []
+
+        def appeared() -> bool:
+            ids[:] = fresh()
+            return bool(ids)
+
+        self._wait(appeared, deadline, "a new triggerer job")
+        if len(ids) != 1:
+            raise RuntimeError(f"expected one new triggerer job, found {ids}")
+        return ids[0]
+
+    def holder_of(self, triggerer_id: int) -> str:
+        """The component name of the triggerer whose job id is ``triggerer_id`` (a trigger's ``triggerer_id``)."""
+        for name, job_id in self.triggerer_jobs.items():
+            if job_id == triggerer_id:
+                return name
+        raise KeyError(f"no running triggerer of this stack has job id {triggerer_id} ({self.triggerer_jobs})")
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP a component's process group: it stops heartbeating, as in a long GC pause or a frozen container."""
+        os.killpg(self.processes[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a component paused with ``pause``."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.processes[name].pid, signal.SIGCONT)
 
     def _warm(self, client: AirflowClient, warmed: threading.Event, deadline: float) -> None:
         started = time.monotonic()
@@ -342,6 +395,7 @@ class AirflowStack:
             return
         began = time.monotonic()
         strays = self.pids()
+        self._signal_all(signal.SIGCONT)  # a paused component must run to exit
         self._signal_all(signal.SIGTERM)
         self._wait_exit(time.monotonic() + min(3.0, grace / 2))
         if lingering := [p.name for p in self.processes.values() if p.alive()]:

@@ -2,8 +2,9 @@
 
 Proves what only a real Airflow can: the triggerer imports the trigger from the installed package by its class
 path, the task log shows the job's states, marking the task failed kills the job, both while deferred (the
-trigger's ``on_kill``) and while running in a worker (the operator's ``on_kill``), and a triggerer restart neither
-kills nor loses a job: the new triggerer takes the trigger over and follows the same job to its end.
+trigger's ``on_kill``) and while running in a worker (the operator's ``on_kill``), also while bkill is slow or LSF
+is down; a triggerer restart neither kills nor loses a job; and with two triggerers, one that stops heartbeating
+loses its trigger to the other and, when it recovers, leaves the job of the still-deferred task running.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UPLOAD_DAG = "hortacloud_upload_sample"
 SAMPLE = "2023-05-10"
 BUCKET = "hortacloud-lsf-shards"
+HEALTH_THRESHOLD = 15  # seconds without a heartbeat before another triggerer takes a trigger over
 
 PROBE_DAG = """
 import pendulum
@@ -109,8 +112,15 @@ def stack(
     s3_server.boto3_client().create_bucket(Bucket=BUCKET)
     env = cluster.env(base={}) | s3_server.client_env()
     env |= {"AIRFLOW_CONN_HORTACLOUD_S3": s3_server.connection_json(), "HORTACLOUD_CONFIG": str(site / "site.toml")}
+    # Two triggerers, and a short health threshold, so one that stops heartbeating loses its triggers quickly.
+    env["AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD"] = str(HEALTH_THRESHOLD)
     stack = AirflowStack(
-        work / "home", ROOT / "dags", env, plugins_folder=ROOT / "plugins", extra_bundles={"probe": dags}
+        work / "home",
+        ROOT / "dags",
+        env,
+        plugins_folder=ROOT / "plugins",
+        extra_bundles={"probe": dags},
+        triggerers=2,
     )
     client = stack.start()
     pids = stack.pids()
@@ -182,9 +192,10 @@ def test_triggerer_restart_neither_kills_nor_loses_the_job(stack: AirflowStack, 
     old = api.task_instance("probe_lsf", run_id, "transfer")["trigger"]["triggerer_id"]
     # A deployment restarts the triggerer (SIGTERM): its triggers are cancelled, never killed, and a new triggerer
     # takes them over and follows the same job to its end.
-    old_pid = stack.processes["triggerer"].pid
-    stack.restart("triggerer")
-    assert stack.processes["triggerer"].pid != old_pid
+    holder = stack.holder_of(old)
+    old_pid = stack.processes[holder].pid
+    stack.restart(holder)
+    assert stack.processes[holder].pid != old_pid
     polls_before = len(cluster.argvs("bjobs"))
 
     def taken_over() -> bool:
@@ -199,6 +210,67 @@ def test_triggerer_restart_neither_kills_nor_loses_the_job(stack: AirflowStack, 
     assert len(cluster.argvs("bjobs")) > polls_before  # the new triggerer polled the same job
     assert _only_job(cluster).kill_time is None
     assert ti["state"] == "success"
+
+
+def _deferred_and_polled(api: AirflowClient, cluster: Emulator, dag_id: str = "probe_lsf") -> tuple[str, int]:
+    """Trigger ``dag_id``; once its trigger has polled, the run id and the triggerer job that holds it."""
+    run_id = api.trigger(dag_id)
+    api.wait_for_deferred(dag_id, run_id, "transfer", timeout=90)
+    wait_until(lambda: len(cluster.argvs("bjobs")) >= 2, 60, "the trigger's first poll", poll=0.3)
+    return run_id, int(api.task_instance(dag_id, run_id, "transfer")["trigger"]["triggerer_id"])
+
+
+def test_a_trigger_taken_over_by_another_triggerer_does_not_kill_its_job(
+    stack: AirflowStack, cluster: Emulator
+) -> None:
+    """apache/airflow#73454: the recovered triggerer gets on_kill for a trigger it lost; the task is still deferred."""
+    api = stack.client
+    assert api is not None
+    cluster.reset(FAKE_LSF_PLAN="RUN:80,DONE")
+    run_id, old = _deferred_and_polled(api, cluster)
+    holder = stack.holder_of(old)
+    stack.pause(holder)  # a frozen container, a long GC pause: no heartbeat past the health threshold
+
+    def taken_over() -> bool:
+        trigger = api.task_instance("probe_lsf", run_id, "transfer").get("trigger") or {}
+        return trigger.get("triggerer_id") not in (None, old)
+
+    try:
+        wait_until(taken_over, HEALTH_THRESHOLD + 60, "the other triggerer taking the trigger over", poll=1.0)
+    finally:
+        stack.resume(holder)
+    assert api.wait_for_run("probe_lsf", run_id, timeout=180, poll=1.0) == "success"
+    log = api.task_log("probe_lsf", run_id, "transfer")
+    assert "Trigger moved away while the task is deferred" in log  # on_kill came, and left the job alone
+    assert cluster.argvs("bkill") == []
+    assert len(cluster.argvs("bsub")) == 1
+    assert _only_job(cluster).kill_time is None
+
+
+@pytest.mark.parametrize(
+    "lsf_fault",
+    [{"FAKE_LSF_BKILL_DELAY": 4}, {"FAKE_LSF_DOWN": 3, "FAKE_LSF_FAULTS_FOR": "bkill"}],
+    ids=["bkill takes 4 s", "LSF down for 3 bkills"],
+)
+def test_a_cancel_reaches_lsf_when_bkill_is_slow_or_lsf_is_down(
+    stack: AirflowStack, api: AirflowClient, cluster: Emulator, lsf_fault: dict[str, Any]
+) -> None:
+    """Airflow closes the trigger about a second into on_kill; the shielded kill goes on to the end."""
+    cluster.reset(FAKE_LSF_PLAN="RUN")
+    run_id, _ = _deferred_and_polled(api, cluster)
+    cluster.set_knobs(**lsf_fault)
+    api.mark_task_failed("probe_lsf", run_id, "transfer")
+    assert api.wait_for_run("probe_lsf", run_id, timeout=60, poll=0.5) == "failed"
+    job = _only_job(cluster)
+    wait_until(lambda: cluster.view(job.id).stat == "EXIT", 60, "the job killed", poll=0.5)
+    assert f"Cancelling LSF job {job.id}: the task is failed" in api.task_log("probe_lsf", run_id, "transfer")
+
+    def outcome_logged() -> bool:
+        # Airflow has closed the trigger's own log by then: the outcome is in the triggerer's log.
+        logs = (stack.logs_folder / f"{name}.log" for name in stack.triggerer_names)
+        return any(f"Task cancelled: bkill {job.id} -> terminated" in path.read_text() for path in logs)
+
+    wait_until(outcome_logged, 30, "the kill's outcome in the triggerer log", poll=0.5)
 
 
 def _keys(s3_server: S3Endpoint, prefix: str) -> dict[str, int]:
