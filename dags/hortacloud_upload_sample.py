@@ -1,19 +1,34 @@
 """
-### Upload a MouseLight sample to `s3://janelia-mouselight-imagery`
+### Publish a MouseLight sample to `s3://janelia-mouselight-imagery`
 
-Trigger with a sample date and the products to publish. The **plan** step checks the values, finds each
-product's source folders and logs the plan (as the old generated scripts read); then one task group per product
-transfers it:
+Trigger with a **sample date** (the folder name, `YYYY-MM-DD`; the field suggests the dates found under the image
+bases) and the **products** to publish. The run's note says what it publishes, and at its end what it published.
 
-* **images**: `ktx/` and the four top-level files, synced by the worker itself (incremental, verified);
-* **registration, segmentation, tracings, carveouts**: one LSF job per source folder running `aws s3 sync` on
-  the cluster, followed to its end; then `verify` checks that every source file is in S3 with its size.
+| product | from | to |
+|---|---|---|
+| images | `/nrs/mouselight/SAMPLES/<date>` (else `/nearline/.../RENDER_archive/<date>`) | `images/<date>/` |
+| registration | `.../registration/Database/<date>/` | `registration/<date>/` |
+| segmentation | `.../Reconstructions/<date>/<segmentation folders>/` | `segmentation/<date>/` |
+| tracings | `.../Finished_Neurons/<date>/`, `.../tracing_complete/<date>/` | `tracings/<location>/<date>/` |
+| carveouts | `/nrs/funke/mouselight[-v2]/<date>/` (v2 wins) | `carveouts/<date>/` |
 
-When every tracings transfer succeeded, `tracings.announce` emits the `hortacloud_tracings` asset, which starts
-the neuron metadata rebuild (`hortacloud_neuron_metadata`).
+1. **plan** checks every value (a refusal is the run's note and the task's first log line) and, for images, that
+   HortaCloud can load the sample (`transform.txt`, the root KTX block's header, a `default.N.tif`).
+2. **images**: `ktx/` in shards by octant range (one mapped `upload` per shard, on the workers or as LSF jobs),
+   then `publish` verifies every object by content and uploads `transform.txt` and the root block last, so
+   HortaCloud never discovers a half-published sample; then the manifest `manifests/<date>/images.json`.
+3. **registration, segmentation, tracings, carveouts**: one LSF job per folder (`transfer`, deferred), then
+   `verify` and the manifest. `tracings.announce` starts the neuron metadata rebuild.
+4. **summary** logs a table per product (uploaded, already there, verified, S3 prefix, LSF jobs) and writes it as
+   the run's note.
 
-Re-running a failed run uploads only what is missing. `dry_run` logs what would be uploaded and writes nothing.
-Site paths, bucket and connections come from `include/hortacloud.toml` (README, Configuration).
+**Params.** `segmentation_dirs`: sub-folders of the segmentation sample (default `stitching-output`).
+`image_base`: read the images from this folder instead of the configured bases. `dry_run`: log what would be
+uploaded and submitted, write nothing. `skip_preflight`: publish images HortaCloud could not load (warns).
+
+**Re-run.** Clear a failed task (or trigger the same sample again): a sync uploads only what is missing, an LSF
+task re-attaches to its job (never two transfers of one folder), and a manifest that did not change is kept.
+Marking a deferred LSF task failed kills its job. Site paths, bucket and connections: `include/hortacloud.toml`.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from pathlib import Path
 
 from airflow.sdk import Param, TaskGroup, dag
 
+from hortacloud import sample_dates
 from hortacloud.assets import PRODUCT_ASSETS
 from hortacloud.config import load_config
 from hortacloud.lsf.operator import LsfTransferOperator
@@ -37,9 +53,20 @@ from hortacloud.sample import (
     SAMPLE_PATTERN,
     SAMPLE_RULE,
 )
-from hortacloud.tasks.upload import announce, image_shards, jobs, plan, publish, shard_jobs, upload, verify
+from hortacloud.tasks.upload import (
+    announce,
+    image_shards,
+    jobs,
+    plan,
+    publish,
+    shard_jobs,
+    summary,
+    upload,
+    verify,
+)
 
 CONFIG = load_config()
+SAMPLE_DATES = sample_dates.cached(CONFIG)
 
 
 @dag(
@@ -63,6 +90,8 @@ CONFIG = load_config()
             pattern=SAMPLE_PATTERN,
             format=SAMPLE_FORMAT,
             maxLength=10,
+            # Suggestions from a local file the plan step keeps fresh; parsing never lists /nrs (README, Params).
+            **({"examples": SAMPLE_DATES} if SAMPLE_DATES else {}),
             title="Sample date",
             description=f"The sample to publish: {SAMPLE_RULE}.",
             section="Sample",
@@ -124,8 +153,9 @@ CONFIG = load_config()
     },
 )
 def hortacloud_upload_sample() -> None:
-    """Plan, then one task group per product of the table."""
+    """Plan, then one task group per product of the table, then the summary of what was published."""
     planned = plan()
+    ends = []
     for product in PRODUCTS:
         with TaskGroup(group_id=product.name, tooltip=product.description):
             if product.mechanism == "s3sync" and CONFIG.images.mechanism == "lsf":
@@ -155,7 +185,10 @@ def hortacloud_upload_sample() -> None:
                 ).expand_kwargs(jobs(product.name, planned[product.name]))
                 transferred >> (done := verify(product.name, planned[product.name]))
             if product.name in PRODUCT_ASSETS:
-                done >> announce.override(outlets=[PRODUCT_ASSETS[product.name]])()
+                done >> (done := announce.override(outlets=[PRODUCT_ASSETS[product.name]])())
+            ends.append(done)
+    # Runs once everything has ended (a refused plan keeps its refusal as the note); fails a partial run.
+    ends >> summary()
 
 
 hortacloud_upload_sample()

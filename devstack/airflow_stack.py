@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 USERNAME = "admin"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json"
+_SQLITE_MODULE = "hortacloud_stack_sqlite"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 HEALTH_KEYS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
@@ -139,6 +140,7 @@ class AirflowStack:
         self.triggerer_names = ["triggerer", *(f"triggerer-{n}" for n in range(2, triggerers + 1))]
         #: Each running triggerer's job id (``TriggererJob``), by component name: which one holds a trigger.
         self.triggerer_jobs: dict[str, int] = {}
+        self._seen_triggerer_jobs: set[int] = set()  # every job id seen, stopped ones too
         self._password: str | None = None
         self.port: int | None = None
         self.client: AirflowClient | None = None
@@ -200,6 +202,9 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LOOPBACK,
             "PYTHONWARNINGS": "ignore",
             "TMPDIR": str(self.home / "tmp"),
+            # SQLite's default 5-s busy timeout turned a burst of REST calls during task writes into HTTP 500
+            # "Database error"; production uses PostgreSQL, the stack waits longer instead.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{_SQLITE_MODULE}.CONNECT_ARGS",
         }
         if self.api_conn_id and self._password:
             # The tasks' own way to the REST API (run notes): a connection in the environment, as any other.
@@ -207,7 +212,19 @@ class AirflowStack:
             settings[f"AIRFLOW_CONN_{self.api_conn_id.upper()}"] = json.dumps(connection)
         env = inherited | settings | self.extra_env
         env["PATH"] = path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self._pylib), env.get("PYTHONPATH")) if p)
         return env
+
+    @property
+    def _pylib(self) -> Path:
+        return self.home / "pylib"
+
+    def _write_pylib(self) -> None:
+        self._pylib.mkdir(parents=True, exist_ok=True)
+        (self._pylib / f"{_SQLITE_MODULE}.py").write_text(
+            '"""SQLite connect arguments of the dev stack (AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS)."""\n\n'
+            'CONNECT_ARGS = {"timeout": 30}\n'
+        )
 
     def _bundles(self) -> list[dict[str, Any]]:
         local = "airflow.dag_processing.bundles.local.LocalDagBundle"
@@ -228,6 +245,7 @@ class AirflowStack:
             if not folder.is_dir():
                 raise RuntimeError(f"DAGs folder {folder} does not exist (pass an existing folder)")
         self.port = self.requested_port or free_port()
+        self._write_pylib()
         password = self._write_password()
         env = self.environment()
         airflow = airflow_binary()
@@ -284,13 +302,15 @@ class AirflowStack:
         log.info("Airflow %s stopped; starting it again", name)
         self._launch(name, self.environment())
         if name in self.triggerer_jobs:
-            del self.triggerer_jobs[name]
             self.triggerer_jobs[name] = self._new_triggerer_job(time.monotonic() + 120)
 
     def _new_triggerer_job(self, deadline: float) -> int:
-        """The id of the running TriggererJob that is not one of ``triggerer_jobs`` (the one just launched)."""
+        """The id of the running TriggererJob never seen before (the one just launched).
+
+        A stopped triggerer's job may still read "running" for a while, so every id ever seen is left out.
+        """
         assert self.client is not None
-        known = set(self.triggerer_jobs.values())
+        known = self._seen_triggerer_jobs
 
         def fresh() -> list[int]:
             jobs = self.client.request(  # type: ignore[union-attr]
@@ -307,6 +327,7 @@ class AirflowStack:
         self._wait(appeared, deadline, "a new triggerer job")
         if len(ids) != 1:
             raise RuntimeError(f"expected one new triggerer job, found {ids}")
+        known.add(ids[0])
         return ids[0]
 
     def holder_of(self, triggerer_id: int) -> str:

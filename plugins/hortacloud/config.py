@@ -35,6 +35,7 @@ class S3Config(_Section):
 
     conn_id: str = Field(min_length=1)
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    browse_url: str = ""
 
 
 class ImagesConfig(_Section):
@@ -51,6 +52,7 @@ class ImagesConfig(_Section):
     shard_command: str = Field(min_length=1)
     queue: str
     pool: str = Field(min_length=1)
+    sample_dates_file: str = ""
 
 
 class SyncConfig(_Section):

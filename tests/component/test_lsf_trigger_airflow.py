@@ -96,7 +96,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "shard_command": f"{sys.executable} -m hortacloud.s3sync --workers 4 --progress-interval 1 --file-list "
         "{file_list} {prefixes} --results {results} {source}/ {destination}/",
     }
-    lsf = emulated_lsf(root / "lsf-output", 0.5) | {"first_poll_seconds": 2}
+    # first_poll_seconds stays the production 10 s: a shard job that ends within 2 s of its deferral raced the
+    # deferring worker's exit report here (README, Known Airflow issues), more often with two triggerers.
+    lsf = emulated_lsf(root / "lsf-output", 0.5)
     (root / "site.toml").write_text(site_toml({"s3": {"bucket": BUCKET}, "images": images, "lsf": lsf}))
     return root
 

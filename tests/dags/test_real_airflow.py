@@ -66,6 +66,15 @@ def test_upload_dag_end_to_end_against_seaweedfs(api: AirflowClient, e2e_samples
     }
     assert found == expected
     assert f"images/{SAMPLE}/ktx/" in api.task_log(UPLOAD_DAG, run_id, "plan")
+    # The run's note says what it published, at a glance: the summary task's table.
+    note = api.dag_run(UPLOAD_DAG, run_id)["note"]
+    assert note.splitlines()[0] == f"{SAMPLE}: images (done)", note
+    assert f"| images | published | {len(expected) - 2:,} (" in note  # the two discovery files go up in publish
+    assert (
+        f"[images/{SAMPLE}/](https://{E2E_BUCKET}.s3.amazonaws.com/?list-type=2&delimiter=/&prefix=images/{SAMPLE}/)"
+        in note
+    )
+    assert "| registration | not chosen |" in note
 
 
 def test_tracings_upload_starts_the_neuron_metadata_dag_through_its_asset(
@@ -97,6 +106,10 @@ def test_tracings_upload_starts_the_neuron_metadata_dag_through_its_asset(
     ]
     dag = api.dag(METADATA_DAG)
     assert dag is not None and dt.datetime.fromisoformat(dag["next_dagrun_run_after"]) > dt.datetime.now(dt.UTC)
+    note = api.dag_run(METADATA_DAG, run_id)["note"]
+    assert note.startswith("neuron metadata of Finished\\_Neurons, tracing\\_complete: 2 file(s) written"), note
+    upload_note = api.dag_run(UPLOAD_DAG, upload)["note"]
+    assert upload_note.startswith(f"{SAMPLE}: tracings (done)") and "| tracings | published |" in upload_note
     report = api.xcom(METADATA_DAG, run_id, "report")
     neurons_json, metadata_json = f"images/{SAMPLE}/neurons.json", f"neurons/tracing_complete/{SAMPLE}/metadata.json"
     assert sorted(report["written"]) == [neurons_json, metadata_json]

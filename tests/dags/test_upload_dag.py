@@ -73,6 +73,13 @@ def test_images_go_up_in_shards_then_the_discovery_files_then_the_manifest(
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key="manifests/2023-05-10/images.json")["Body"].read())
     assert {entry["key"]: entry["size"] for entry in manifest["objects"]} == expected
     assert manifest["digest"]["count"] == len(expected) and manifest["provenance"]["run_id"] == run.run_id
+    assert states["summary"] == "success", states
+    summary = next(ti for ti in run.get_task_instances() if ti.task_id == "summary").xcom_pull(task_ids="summary")
+    assert summary["title"] == "2023-05-10: images (done)"
+    assert summary["products"] == {
+        "images": "published",
+        **{name: "not chosen" for name in ("registration", "segmentation", "tracings", "carveouts")},
+    }
     # Nothing changed: the manifest is left exactly as it was.
     before = s3_client.get_object(Bucket=bucket, Key="manifests/2023-05-10/images.json")
     again = run_dag(UPLOAD_DAG, {"sample": "2023-05-10"})
@@ -99,6 +106,7 @@ def test_a_failed_shard_leaves_a_new_sample_undiscoverable_and_a_rerun_uploads_o
     failed = run_dag(UPLOAD_DAG, {"sample": "2023-05-10"}, retries=0)
     assert str(failed.state) == "failed"
     assert task_states(failed)["images.publish"] == "upstream_failed"
+    assert task_states(failed)["summary"] == "failed"  # it ran, wrote its table, and keeps the run failed
     landed = bucket_keys(s3_client, bucket, "images/2023-05-10/")
     assert landed and "images/2023-05-10/transform.txt" not in landed
     assert "images/2023-05-10/ktx/block_8_xy_.ktx" not in landed  # JACS would not discover this sample

@@ -90,5 +90,7 @@ class MetadataReport:
             "legacy": dict(self.legacy),
             "removed": list(self.removed),
             "soma_fallbacks": {f.neuron_id: f.source for f in self.soma_fallbacks},
+            "neurons_described": self.neurons_described,
+            "neurons_in_bucket": self.neurons_in_bucket,
             "refusal": self.refusal,
         }

@@ -7,7 +7,7 @@ Each ``@task`` resolves its connections at run time (never at DAG parse time), c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import TriggerRule, task
@@ -18,6 +18,7 @@ from hortacloud.metadata.bucket import BucketScan, apply, scan_bucket
 from hortacloud.metadata.documents import GuardRefusal, check_guard
 from hortacloud.metadata.mapping import LOCATIONS, NeuronMapping, build_mapping
 from hortacloud.metadata.report import MetadataReport
+from hortacloud.run_notes import RunNotes, markdown_text
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,39 @@ def _checked(locations: Sequence[str]) -> list[str]:
     return [loc for loc in LOCATIONS if loc in locations]
 
 
+def run_title(params: Mapping[str, Any]) -> str:
+    """What a metadata run rebuilds, in one line: its note while it runs."""
+    dry = "Dry run: " if params.get("dry_run") else ""
+    return f"{dry}neuron metadata of {', '.join(params.get('locations') or ())}"
+
+
+def report_note(params: Mapping[str, Any], report: Mapping[str, Any] | None) -> str:
+    """The run's note (Markdown) at its end: files written, unchanged, kept; neurons; or why nothing was written."""
+    title = markdown_text(run_title(params))
+    if not report:
+        return f"{title}: FAILED before a report (NeuronBrowser or the bucket scan; see their logs); nothing written"
+    xcom = report["xcom"]
+    if xcom.get("refusal"):
+        return f"{title}: REFUSED, nothing written: {markdown_text(str(xcom['refusal']))}"
+    verb = "would write" if xcom.get("dry_run") else "written"
+    described, had = xcom.get("neurons_described", "?"), xcom.get("neurons_in_bucket", "?")
+    facts = [
+        f"neurons described: {described} (the bucket had {had})",
+        f"images not loadable yet (no neurons.json): {len(xcom.get('not_loadable') or [])}",
+        f"folders HortaCloud cannot load: {len(xcom.get('not_uri_safe') or [])}",
+        f"empty SWCs left out: {len(xcom.get('empty_swcs') or [])}",
+        f"left by the old scripts: {len(xcom.get('legacy') or {})}, removed: {len(xcom.get('removed') or [])}",
+        *(f"{verb}: {key}" for key in xcom["written"][:8]),
+    ]
+    if len(xcom["written"]) > 8:
+        facts.append(f"and {len(xcom['written']) - 8} more (the report task's log lists them)")
+    head = (
+        f"{title}: {len(xcom['written'])} file(s) {verb}, {xcom['unchanged']} unchanged, "
+        f"{len(xcom.get('removals') or {})} kept (would lose neurons)"
+    )
+    return "\n".join([head, "", *(f"- {markdown_text(fact)}" for fact in facts)])
+
+
 def log_report(report: dict[str, Any] | None) -> dict[str, Any]:
     """Log the report pushed by build_and_write; fail the run when there is none or it was refused."""
     if not report:
@@ -143,8 +177,10 @@ def log_report(report: dict[str, Any] | None) -> dict[str, Any]:
 
 
 @task
-def fetch_mapping() -> dict[str, Any]:
+def fetch_mapping(**context: Any) -> dict[str, Any]:
     """Ask NeuronBrowser for every injection and map sample date -> tag -> neuron id."""
+    notes = RunNotes(load_config().airflow_api.conn_id)
+    notes.set(context["dag"].dag_id, context["run_id"], markdown_text(run_title(context["params"])))
     return mapping_from_neuronbrowser()
 
 
@@ -174,5 +210,8 @@ def build_and_write(mapping: dict[str, Any], scanned: dict[str, Any], **context:
 
 @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
 def report(**context: Any) -> dict[str, Any]:
-    """Log the run's report and return its summary; fail the run when anything upstream failed or was refused."""
-    return log_report(context["ti"].xcom_pull(task_ids="build_and_write", key="report"))
+    """Log the run's report, write it as the run's note, return its summary; fail the run on anything upstream."""
+    found = context["ti"].xcom_pull(task_ids="build_and_write", key="report")
+    notes = RunNotes(load_config().airflow_api.conn_id)
+    notes.set(context["dag"].dag_id, context["run_id"], report_note(context["params"], found))
+    return log_report(found)

@@ -16,9 +16,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from hortacloud import sample_dates
 from hortacloud.config import SiteConfig, load_config
 from hortacloud.images import (
     ROLE_DISCOVERY,
@@ -31,8 +32,10 @@ from hortacloud.images import (
     verify_shards,
 )
 from hortacloud.lsf.commands import transfer_command
+from hortacloud.lsf.operator import STATE_KEY
 from hortacloud.products import (
     PRODUCT_NAMES,
+    PRODUCTS,
     PRODUCTS_BY_NAME,
     PlanError,
     PlanRequest,
@@ -40,10 +43,11 @@ from hortacloud.products import (
     parse_request,
     plan_sample,
 )
-from hortacloud.run_notes import RunNotes, markdown_text
+from hortacloud.run_notes import NOTE_LIMIT, RunNotes, markdown_text
 from hortacloud.s3sync import manifest
 from hortacloud.s3sync.engine import SyncItem
 from hortacloud.sample import InvalidRequest
+from hortacloud.summary import ProductRow, markdown, product_result, shard_totals, text_table
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ def plan_step(
         notes.set(dag_id, run_id, markdown_text(refusal))
         raise AirflowFailException(refusal) from None
     notes.set(dag_id, run_id, markdown_text(run_title(request)))
+    sample_dates.refresh(config)  # the trigger form's suggestions, from where the bases are mounted
     return planned
 
 
@@ -335,8 +340,8 @@ def announce(**context: Any) -> None:
 
 def write_manifest(
     config: SiteConfig, context: Mapping[str, Any], product: str, prefixes: Sequence[str], sources: Sequence[str]
-) -> str | None:
-    """The product's manifest after it was verified: written unless it is unchanged; its key (None when off)."""
+) -> dict[str, Any] | None:
+    """The product's manifest after it was verified, written unless unchanged: key, objects, bytes (None: off)."""
     if not config.manifests.enabled:
         return None
     sample = str(context["params"]["sample"])
@@ -368,4 +373,80 @@ def write_manifest(
         f"{digest['bytes']:,}",
         digest["value"],
     )
-    return key
+    return {"key": key, "objects": digest["count"], "bytes": digest["bytes"]}
+
+
+# -- the summary -----------------------------------------------------------------------------------------------------
+
+#: The task whose result says a product is published (and verified), per product.
+_FINAL_TASK = {"images": "publish"}
+#: The task that ran its LSF jobs (their ids are in its XCom ``lsf_job``).
+_JOB_TASK = {"images": "upload"}
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [value]
+    return [item for item in value if item is not None]
+
+
+def summary_rows(
+    params: Mapping[str, Any],
+    planned: Mapping[str, Sequence[Mapping[str, Any]]],
+    states: Mapping[str, str | None],
+    pull: Any,
+) -> list[ProductRow]:
+    """One row per product of the table; ``pull(task_id, key)`` reads an XCom of this run (every map index)."""
+    chosen, dry_run, sample = set(params.get("products") or ()), bool(params.get("dry_run")), str(params["sample"])
+    rows = []
+    for product in PRODUCTS:
+        name = product.name
+        own = [state for key, state in states.items() if key.startswith(f"{name}.")]
+        row = ProductRow(name, product_result(own, chosen=name in chosen, dry_run=dry_run))
+        if name in chosen:
+            transfers = planned.get(name) or []
+            row.prefixes = [f"images/{sample}/"] if name == "images" else sorted({str(t["prefix"]) for t in transfers})
+            final: Mapping[str, Any] = next(
+                iter(_as_list(pull(f"{name}.{_FINAL_TASK.get(name, 'verify')}", "return_value"))), {}
+            )
+            row.verified = bool(final.get("verified")) if final else (False if row.failed else None)
+            if isinstance(final.get("manifest"), Mapping):
+                row.objects, row.object_bytes = final["manifest"]["objects"], final["manifest"]["bytes"]
+            jobs = _as_list(pull(f"{name}.{_JOB_TASK.get(name, 'transfer')}", STATE_KEY))
+            row.jobs = [str(job["job_id"]) for job in jobs if isinstance(job, Mapping) and job.get("job_id")]
+            if name == "images" and (totals := shard_totals(_as_list(pull("images.upload", "return_value")))):
+                row.uploaded, row.uploaded_bytes, row.already_there = totals
+        rows.append(row)
+    return rows
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+def summary(**context: Any) -> dict[str, Any]:
+    """What the run published, per product: logged as a table and written as the run's note; fails a partial run."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    params, ti, config = context["params"], context["ti"], load_config()
+    planned = ti.xcom_pull(task_ids="plan")  # not an argument: a refused plan leaves none, and this still runs
+    states = RuntimeTaskInstance.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+    states = {key: value for key, value in states.items() if key != ti.task_id}
+    if not planned:
+        raise AirflowFailException("No plan: the plan step refused the run or failed (its log says why)")
+    rows = summary_rows(params, planned, states, lambda task_id, key: ti.xcom_pull(task_ids=task_id, key=key))
+    request_title = f"{'Dry run: ' if params.get('dry_run') else ''}{params['sample']}: {', '.join(params['products'])}"
+    failed = [row.product for row in rows if row.failed]
+    running = [row.product for row in rows if row.result == "running"]
+    verdict = f"FAILED: {', '.join(failed)}" if failed else ("incomplete" if running else "done")
+    title = f"{request_title} ({verdict})"
+    for line in [title, *text_table(rows, config.s3.bucket)]:
+        log.info("%s", line)
+    RunNotes(config.airflow_api.conn_id).set(
+        ti.dag_id, ti.run_id, markdown(title, rows, config.s3.bucket, config.s3.browse_url, NOTE_LIMIT)
+    )
+    if failed or running:
+        raise AirflowFailException(
+            f"This run did not publish everything: {', '.join(failed + running)} did not end well (see their task "
+            "logs); what did publish is in the table above."
+        )
+    return {"title": title, "products": {row.product: row.result for row in rows}}

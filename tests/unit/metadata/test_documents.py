@@ -208,5 +208,7 @@ def test_report_lines_and_xcom() -> None:
         "legacy": {},
         "removed": [],
         "soma_fallbacks": {"AA0231": "neuron brain area"},
+        "neurons_described": 0,
+        "neurons_in_bucket": 0,
         "refusal": None,
     }
