@@ -9,7 +9,11 @@ UV_VERSION := 0.13.9
 BENCH_VENV := .venv-bench
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: venv demo test test-fast bench lint clean
+.PHONY: venv demo test test-fast bench lint clean browser
+
+# The browser test drives Debian's Chromium with its ChromeDriver (no browser download); installed once, as root
+# or through sudo, from the machine's Debian packages.
+CHROMEDRIVER := /usr/bin/chromedriver
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +32,16 @@ $(BENCH_VENV)/.installed: $(VENV)/.installed
 demo: venv
 	$(PY) -m devstack.demo
 
-## The whole test suite against real local servers (SeaweedFS, GraphQL, LSF emulator, Airflow).
-test: venv
+$(CHROMEDRIVER):
+	@echo "Installing Debian's chromium and chromium-driver for the browser test"
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+	|| { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
+browser: $(CHROMEDRIVER)
+
+## The whole test suite against real local servers (SeaweedFS, GraphQL, LSF emulator, Airflow, headless Chromium).
+test: venv $(CHROMEDRIVER)
 	$(PY) -m pytest
 
 ## Unit tests only (no servers).
