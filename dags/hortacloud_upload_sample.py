@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import Param, TaskGroup, dag
 
@@ -67,6 +68,21 @@ from hortacloud.tasks.upload import (
 
 CONFIG = load_config()
 SAMPLE_DATES = sample_dates.cached(CONFIG)
+
+
+def lsf_jobs(task_id: str, map_index_template: str) -> Any:
+    """The DAG's LSF jobs: built from data (never templated), deferred, bounded in time, pooled.
+
+    ``name_scope="dag"``: two runs for one sample follow one live job per source, never two concurrent transfers.
+    """
+    return LsfTransferOperator.partial(
+        task_id=task_id,
+        pool=CONFIG.lsf.pool,
+        map_index_template=map_index_template,
+        name_scope="dag",
+        deferrable=True,
+        execution_timeout=CONFIG.lsf.execution_timeout,
+    )
 
 
 @dag(
@@ -159,14 +175,7 @@ def hortacloud_upload_sample() -> None:
     for product in PRODUCTS:
         with TaskGroup(group_id=product.name, tooltip=product.description):
             if product.mechanism == "s3sync" and CONFIG.images.mechanism == "lsf":
-                shards = LsfTransferOperator.partial(
-                    task_id="upload",
-                    pool=CONFIG.lsf.pool,
-                    map_index_template="{{ task.source }}",
-                    name_scope="dag",
-                    deferrable=True,
-                    execution_timeout=CONFIG.lsf.execution_timeout,
-                ).expand_kwargs(shard_jobs(planned[product.name]))
+                shards = lsf_jobs("upload", "{{ task.source }}").expand_kwargs(shard_jobs(planned[product.name]))
                 shards >> (done := publish(planned[product.name]))
             elif product.mechanism == "s3sync":
                 uploads = upload.override(
@@ -174,15 +183,9 @@ def hortacloud_upload_sample() -> None:
                 ).expand(shard=image_shards(planned[product.name]))
                 uploads >> (done := publish(planned[product.name]))
             else:
-                transferred = LsfTransferOperator.partial(
-                    task_id="transfer",
-                    pool=CONFIG.lsf.pool,
-                    map_index_template="{{ task.job_name }}",
-                    # Two runs for one sample follow one live job per folder, never two concurrent transfers.
-                    name_scope="dag",
-                    deferrable=True,
-                    execution_timeout=CONFIG.lsf.execution_timeout,
-                ).expand_kwargs(jobs(product.name, planned[product.name]))
+                transferred = lsf_jobs("transfer", "{{ task.job_name }}").expand_kwargs(
+                    jobs(product.name, planned[product.name])
+                )
                 transferred >> (done := verify(product.name, planned[product.name]))
             if product.name in PRODUCT_ASSETS:
                 done >> (done := announce.override(outlets=[PRODUCT_ASSETS[product.name]])())

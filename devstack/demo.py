@@ -163,7 +163,8 @@ def check_manifests(client: Any, env: dict[str, str]) -> bool:
         argv = [sys.executable, "-m", "hortacloud.s3sync", "verify", "--manifest", f"s3://{BUCKET}/{key}"]
         done = subprocess.run(argv, env=os.environ | env, capture_output=True, text=True, timeout=300, check=False)
         answer = (done.stdout.strip() or done.stderr.strip()).splitlines()
-        print(f"   {key}: {'ok' if done.returncode == 0 else 'FAILED'}: {answer[-1] if answer else ''}")
+        last = answer[-1].split(" INFO ", 1)[-1] if answer else ""  # without the log line's time and level
+        print(f"   {key}: {'ok' if done.returncode == 0 else 'FAILED'}: {last}")
         ok = ok and done.returncode == 0
     return ok
 

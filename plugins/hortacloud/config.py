@@ -101,6 +101,19 @@ class LsfConfig(LsfSettings):
     memory_growth: float = Field(ge=1)
     execution_timeout_hours: float = Field(ge=0)
 
+    def job_kwargs(self) -> dict[str, Any]:
+        """The ``LsfTransferOperator`` kwargs every job of the site shares (connection, resources, output file)."""
+        return {
+            "lsf_conn_id": self.conn_id,
+            "slots": self.slots,
+            "project": self.project,
+            "lsf_queue": self.queue,
+            "runlimit_minutes": self.runlimit_minutes,
+            "memory_mib": self.memory_mib,
+            "memory_growth": self.memory_growth,
+            "output_file": os.path.join(self.output_dir, "%J.out") if self.output_dir else "",
+        }
+
     @property
     def execution_timeout(self) -> dt.timedelta | None:
         """``execution_timeout_hours`` as the transfers' ``execution_timeout`` (None: no limit)."""

@@ -227,20 +227,11 @@ def transfer_job_kwargs(config: SiteConfig, transfer: Mapping[str, Any], *, dry_
     the command line; its keys stay in the cluster user's AWS configuration, never on a command line. Polling and
     timeouts are not here: the operator reads them from the site configuration when it runs.
     """
-    lsf = config.lsf
-    output_file = os.path.join(lsf.output_dir, "%J.out") if lsf.output_dir else ""
     return {
         "command": _transfer_command(config, transfer),
         "job_name": str(transfer.get("job_name") or transfer["product"]),
         "source": str(transfer["source"]),
-        "lsf_conn_id": lsf.conn_id,
-        "slots": lsf.slots,
-        "project": lsf.project,
-        "lsf_queue": lsf.queue,
-        "runlimit_minutes": lsf.runlimit_minutes,
-        "memory_mib": lsf.memory_mib,
-        "memory_growth": lsf.memory_growth,
-        "output_file": output_file,
+        **config.lsf.job_kwargs(),
         "dry_run_submit": dry_run,
     }
 
