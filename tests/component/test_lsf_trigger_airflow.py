@@ -228,7 +228,7 @@ def test_a_trigger_taken_over_by_another_triggerer_does_not_kill_its_job(
     """apache/airflow#73454: the recovered triggerer gets on_kill for a trigger it lost; the task is still deferred."""
     api = stack.client
     assert api is not None
-    cluster.reset(FAKE_LSF_PLAN="RUN:80,DONE")
+    cluster.reset(FAKE_LSF_PLAN="RUN:55,DONE")  # long enough to outlive the take-over (about 30 s)
     run_id, old = _deferred_and_polled(api, cluster)
     holder = stack.holder_of(old)
     stack.pause(holder)  # a frozen container, a long GC pause: no heartbeat past the health threshold

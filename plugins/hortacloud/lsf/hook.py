@@ -164,17 +164,12 @@ class LsfHook(BaseHook):
     @cached_property
     def ssh_hook(self) -> Any:
         """The ssh provider's SSHHook for the connection (imported only when SSH is used)."""
-        try:
-            from airflow.providers.ssh.hooks.ssh import SSHHook
-        except ImportError as err:
-            raise LsfError(
-                f"Connection {self.lsf_conn_id!r} is of type ssh but apache-airflow-providers-ssh is not installed"
-            ) from err
+        ssh_hook_class = self._ssh_provider("SSHHook")
         # One connection attempt: this hook retries with its own backoff (and looks a job up before resubmitting);
         # SSHHook's default 3 attempts would hide 3-5 s sleeps inside each of those retries. Connecting, the banner
         # and the login each get the command timeout (paramiko's 30-s banner wait would ignore it).
         timeout = self.settings.command_timeout_seconds
-        return SSHHook(
+        return ssh_hook_class(
             ssh_conn_id=self.lsf_conn_id,
             cmd_timeout=timeout,
             conn_timeout=math.ceil(timeout),
@@ -186,13 +181,17 @@ class LsfHook(BaseHook):
     @cached_property
     def ssh_hook_async(self) -> Any:
         """The ssh provider's SSHHookAsync (asyncssh) for the triggerer: same connection, same host-key rules."""
+        return self._ssh_provider("SSHHookAsync")(ssh_conn_id=str(self.lsf_conn_id))
+
+    def _ssh_provider(self, name: str) -> Any:
+        """A hook class of the ssh provider, imported only when SSH is used."""
         try:
-            from airflow.providers.ssh.hooks.ssh import SSHHookAsync
+            from airflow.providers.ssh.hooks import ssh
         except ImportError as err:
             raise LsfError(
                 f"Connection {self.lsf_conn_id!r} is of type ssh but apache-airflow-providers-ssh is not installed"
             ) from err
-        return SSHHookAsync(ssh_conn_id=str(self.lsf_conn_id))
+        return getattr(ssh, name)
 
     @cached_property
     def _ssh_lock(self) -> threading.RLock:
