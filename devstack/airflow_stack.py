@@ -309,11 +309,12 @@ class AirflowStack:
 
         A stopped triggerer's job may still read "running" for a while, so every id ever seen is left out.
         """
-        assert self.client is not None
+        client = self.client
+        assert client is not None
         known = self._seen_triggerer_jobs
 
         def fresh() -> list[int]:
-            jobs = self.client.request(  # type: ignore[union-attr]
+            jobs = client.request(
                 "GET", "/api/v2/jobs", params={"job_type": "TriggererJob", "job_state": "running", "limit": 100}
             )["jobs"]
             return [job["id"] for job in jobs if job["id"] not in known]

@@ -289,9 +289,13 @@ class LsfJobOperator(BaseOperator):
             return max(used, self.memory_mib)
         if not self.memory_mib:
             raise AirflowFailException(self._memory_hint(job.job_id, 0))
-        grown = math.ceil(max(used, self.memory_mib) * self.memory_growth)
+        grown = self._grown(used)
         self.log.info("LSF job %s was killed for memory at %d MiB; resubmitting with %d MiB", job.job_id, used, grown)
         return grown
+
+    def _grown(self, used: int) -> int:
+        """The memory of the try after a TERM_MEMLIMIT at ``used`` MiB (never less than ``memory_mib``)."""
+        return math.ceil(max(used, self.memory_mib) * self.memory_growth)
 
     def _memory_hint(self, job_id: str, used: int) -> str:
         if not used:
@@ -299,7 +303,7 @@ class LsfJobOperator(BaseOperator):
                 f"LSF killed job {job_id} for memory ({MEMLIMIT}) at the queue's default limit; set [lsf] memory_mib "
                 "(MiB, bsub -M) above what the job needs, then retry"
             )
-        grown = math.ceil(used * self.memory_growth)
+        grown = self._grown(used)
         return f"LSF killed job {job_id} for memory ({MEMLIMIT}) at {used} MiB; the next try asks for {grown} MiB"
 
     def _look_for_earlier(self, context: Context, name: str) -> tuple[JobStatus | None, set[str]]:

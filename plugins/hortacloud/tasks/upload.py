@@ -425,11 +425,10 @@ def summary(**context: Any) -> dict[str, Any]:
     if not planned:
         raise AirflowFailException("No plan: the plan step refused the run or failed (its log says why)")
     rows = summary_rows(params, planned, states, lambda task_id, key: ti.xcom_pull(task_ids=task_id, key=key))
-    request_title = f"{'Dry run: ' if params.get('dry_run') else ''}{params['sample']}: {', '.join(params['products'])}"
     failed = [row.product for row in rows if row.failed]
     running = [row.product for row in rows if row.result == "running"]
     verdict = f"FAILED: {', '.join(failed)}" if failed else ("incomplete" if running else "done")
-    title = f"{request_title} ({verdict})"
+    title = f"{run_title(parse_request(dict(params)))} ({verdict})"  # the plan's own title, with the verdict
     for line in [title, *text_table(rows, config.s3.bucket)]:
         log.info("%s", line)
     RunNotes(config.airflow_api.conn_id).set(
