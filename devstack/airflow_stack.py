@@ -497,9 +497,13 @@ def listening_sockets(pids: Iterable[int]) -> list[Listener]:
 
 
 class AirflowClient:
-    """The Airflow REST API (v2) as the stack's admin; a JWT from ``POST /auth/token``, renewed on 401."""
+    """The Airflow REST API (v2) as the stack's admin; a JWT from ``POST /auth/token``, renewed on 401.
 
-    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 30.0) -> None:
+    Requests wait up to ``timeout`` (60 s), longer than the stack's 30-s SQLite busy timeout, so a call that waited
+    on the database's lock gets its answer rather than a client-side read timeout.
+    """
+
+    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.username = username
         self._password = password
