@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from hortacloud.config import SiteConfig
+from hortacloud.s3sync.control import BotocoreCredentials
 from hortacloud.s3sync.engine import SyncEngine, SyncItem, read_results
 from hortacloud.s3sync.local import LocalFile, walk_sorted, write_file_list
-from hortacloud.s3sync.remote import MIB, CrtS3, RemoteObject, crt_credentials, key_ordered, location_from_boto3_client
+from hortacloud.s3sync.remote import MIB, CrtS3, RemoteObject, key_ordered, location_from_boto3_client
 from hortacloud.s3sync.shards import plan_shards
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def engine_from_s3hook(config: SiteConfig, logger: logging.Logger | None = None)
     sync = config.sync
     s3 = CrtS3(
         location,
-        crt_credentials(credentials),
+        BotocoreCredentials(credentials),
         part_size=sync.part_size_mib * MIB,
         multipart_threshold=sync.multipart_threshold_mib * MIB,
         memory_limit=sync.memory_budget_mib * MIB,

@@ -13,8 +13,9 @@ import pytest
 
 from devstack.s3server import S3Endpoint
 from devstack.sampletree import ODD_NAMES, block_key, make_sample
+from hortacloud.s3sync.control import BotocoreCredentials, S3Error, S3Location
 from hortacloud.s3sync.engine import SyncEngine, SyncError, SyncItem
-from hortacloud.s3sync.remote import MIB, CrtS3, S3Error, S3Location, crt_credentials
+from hortacloud.s3sync.remote import MIB, CrtS3
 
 
 def _client(endpoint: S3Endpoint, **options) -> CrtS3:  # type: ignore[no-untyped-def]
@@ -23,7 +24,7 @@ def _client(endpoint: S3Endpoint, **options) -> CrtS3:  # type: ignore[no-untype
     host = endpoint.url.removeprefix("http://")
     return CrtS3(
         S3Location("http", host, endpoint.region, path_style=True),
-        crt_credentials(session.get_credentials()),
+        BotocoreCredentials(session.get_credentials()),
         part_size=options.pop("part_size", 8 * MIB),
         multipart_threshold=options.pop("multipart_threshold", 8 * MIB),
         memory_limit=256 * MIB,
@@ -230,7 +231,7 @@ def test_credentials_refreshed_mid_sync_are_used(s3_server, s3_client, fresh_buc
     credentials = RefreshableCredentials.create_from_metadata(stale, refresh, "assume-role")
     s3 = CrtS3(
         S3Location("http", s3_server.url.removeprefix("http://"), s3_server.region, path_style=True),
-        crt_credentials(credentials),
+        BotocoreCredentials(credentials),
         part_size=8 * MIB,
         multipart_threshold=8 * MIB,
         memory_limit=256 * MIB,

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from devstack.sampletree import make_sample
+from hortacloud.s3sync.control import BotocoreCredentials, S3Location
 from hortacloud.s3sync.engine import SyncEngine, SyncError, SyncItem
 from hortacloud.s3sync.local import walk_sorted, write_file_list
-from hortacloud.s3sync.remote import MIB, CrtS3, S3Location, Uploaded, crt_credentials
+from hortacloud.s3sync.remote import MIB, CrtS3, Uploaded
 from hortacloud.s3sync.shards import plan_shards
 
 
@@ -34,7 +35,7 @@ def _engine(endpoint: Any, bucket: str, s3: CrtS3 | None = None) -> SyncEngine:
     session.set_credentials(endpoint.access_key, endpoint.secret_key)
     s3 = s3 or CrtS3(
         S3Location("http", endpoint.url.removeprefix("http://"), endpoint.region, path_style=True),
-        crt_credentials(session.get_credentials()),
+        BotocoreCredentials(session.get_credentials()),
         part_size=8 * MIB,
         multipart_threshold=8 * MIB,
         memory_limit=256 * MIB,
@@ -235,3 +236,50 @@ def test_the_engine_writes_a_results_file_for_each_attempt(s3_server, fresh_buck
     item = SyncItem(str(sample / "ktx"), "q/ktx/", file_list=str(tmp_path / "l.jsonl"), prefixes=("",))
     _engine(s3_server, fresh_bucket).run([item], results_path=str(results))
     assert len(results.read_text().splitlines()) == len(files)
+
+
+def test_content_types_are_those_aws_s3_cp_gives(s3_server, s3_client, fresh_bucket, tmp_path):
+    """The old scripts' aws-cli guessed each type from the file's name and sent none when it knew none."""
+    import mimetypes
+
+    root = tmp_path / "sample"
+    (root / "ktx").mkdir(parents=True)
+    names = ["transform.txt", "tilebase.cache.yml", "default.0.tif", "ktx/block_8_xy_.ktx", "ktx/no-extension"]
+    for name in names:
+        (root / name).write_bytes(b"x" * 10)
+    done = _cli(s3_server, str(root), f"s3://{fresh_bucket}/ours/")
+    assert done.returncode == 0, done.stderr
+    for name in names:
+        guessed = mimetypes.guess_type(str(root / name))[0]  # awscli.customizations.s3.utils.guess_content_type
+        typed = {"ContentType": guessed} if guessed else {}
+        s3_client.put_object(Bucket=fresh_bucket, Key=f"cli/{name}", Body=b"x" * 10, **typed)
+        ours = s3_client.head_object(Bucket=fresh_bucket, Key=f"ours/{name}")["ContentType"]
+        assert ours == s3_client.head_object(Bucket=fresh_bucket, Key=f"cli/{name}")["ContentType"], name
+    assert s3_client.head_object(Bucket=fresh_bucket, Key="ours/default.0.tif")["ContentType"] == "image/tiff"
+
+
+_LOADS_CRT = (
+    "import json, sys\n"
+    "from hortacloud.s3sync.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(json.dumps({'code': code, 'crt': '_awscrt' in sys.modules}), file=sys.stderr)\n"
+)
+
+
+def _crt_loaded(endpoint: Any, *argv: str) -> bool:
+    environment = {**os.environ, **endpoint.client_env()}
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADS_CRT, *argv], env=environment, capture_output=True, text=True, timeout=60
+    )
+    outcome = json.loads(done.stderr.strip().splitlines()[-1])
+    assert outcome["code"] == 0, done.stderr
+    return bool(outcome["crt"])
+
+
+def test_a_sync_with_nothing_to_do_never_loads_the_crt(s3_server, fresh_bucket, tmp_path):
+    sample = make_sample(tmp_path / "s", depth=1, odd_names=True)
+    destination = f"s3://{fresh_bucket}/p/"
+    assert _crt_loaded(s3_server, str(sample), destination)  # the first run uploads through the CRT
+    assert not _crt_loaded(s3_server, str(sample), destination)  # the second lists, compares and stops
+    (sample / "transform.txt").write_text("changed, longer than before\n")
+    assert _crt_loaded(s3_server, str(sample), destination)

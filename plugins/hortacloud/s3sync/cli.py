@@ -18,9 +18,10 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 
+from hortacloud.s3sync.control import S3Error, S3Location, default_credentials
 from hortacloud.s3sync.engine import SyncEngine, SyncError, SyncItem
 from hortacloud.s3sync.local import SourceError
-from hortacloud.s3sync.remote import MIB, CrtS3, S3Error, S3Location
+from hortacloud.s3sync.remote import MIB, CrtS3
 
 log = logging.getLogger("hortacloud.s3sync")
 
@@ -53,20 +54,16 @@ def _add_s3_options(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from_args(args: argparse.Namespace) -> CrtS3:
-    """The CRT client the command's options describe, with the AWS default credentials chain."""
-    from awscrt import auth, io
-
+    """The client the command's options describe, with the AWS default credentials chain."""
     region = args.region or "us-east-1"
     if args.endpoint_url:
         endpoint = urllib.parse.urlsplit(args.endpoint_url)
         location = S3Location(endpoint.scheme, endpoint.netloc, region, path_style=True)
     else:
         location = S3Location("https", f"s3.{region}.amazonaws.com", region, path_style=False)
-    bootstrap = io.ClientBootstrap(io.EventLoopGroup(1), io.DefaultHostResolver(io.EventLoopGroup(1)))
-    provider = auth.AwsCredentialsProvider.new_default_chain(bootstrap)
     return CrtS3(
         location,
-        provider,
+        default_credentials(args.request_timeout),
         part_size=args.part_size_mib * MIB,
         multipart_threshold=args.multipart_threshold_mib * MIB,
         memory_limit=args.memory_budget_mib * MIB,

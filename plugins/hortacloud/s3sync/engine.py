@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hortacloud.s3sync.control import S3Error
 from hortacloud.s3sync.local import LocalFile, overlay, read_file_list, walk_sorted
 from hortacloud.s3sync.progress import Progress
-from hortacloud.s3sync.remote import MIB, CrtS3, RemoteObject, S3Error, Uploaded, key_ordered
+from hortacloud.s3sync.remote import MIB, CrtS3, RemoteObject, Uploaded, key_ordered
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hortacloud.s3sync.remote import CrtS3, RemoteObject, S3Error, key_ordered
+from hortacloud.s3sync.control import S3Error
+from hortacloud.s3sync.remote import CrtS3, RemoteObject, key_ordered
 
 FORMAT = "hortacloud-manifest/1"
 DIGEST_HEADER = "x-amz-meta-hortacloud-digest"

@@ -1,8 +1,10 @@
-"""The S3 side of a sync: the AWS Common Runtime S3 client (``awscrt.s3``), and listings put in key order.
+"""The S3 side of a sync: a client that uploads through the AWS Common Runtime, and listings put in key order.
 
-The CRT client signs, sends and retries in native code on its own threads, so the Python side only walks,
-compares and counts; its buffer pool is bounded by ``memory_limit``, which is what keeps a 3 TB publish within a
-fixed memory budget (README, *The images sync engine*).
+Uploads go through ``awscrt.s3``, which signs, sends and retries in native code on its own threads, so the Python
+side only walks, compares and counts; its buffer pool is bounded by ``memory_limit``, which keeps a 3 TB publish
+within a fixed memory budget (README, *The images sync engine*). Listings, HEADs and aborts go through
+:mod:`hortacloud.s3sync.control`, and the CRT client is started on the first upload: a sync that finds nothing to
+do never loads it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,15 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+from hortacloud.s3sync.control import ControlClient, CredentialSource, S3Error, S3Location, describe_answer
 
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MIB = 1024 * 1024
 #: The least the CRT client accepts as its memory limit (AWS_ERROR_S3_INVALID_MEMORY_LIMIT_CONFIG below it).
 CRT_MIN_MEMORY = 256 * MIB
-
-
-class S3Error(RuntimeError):
-    """S3 (or whatever answered) refused or failed a request; the message names the request and the answer."""
 
 
 @dataclass(frozen=True)
@@ -49,42 +50,6 @@ class MultipartUpload:
     initiated: float
 
 
-@dataclass(frozen=True)
-class S3Location:
-    """Where requests go: scheme, host[:port], path-style or virtual-hosted, signing region."""
-
-    scheme: str
-    host: str
-    region: str
-    path_style: bool
-    verify_tls: bool = True
-
-    def request_target(self, bucket: str, key: str, query: dict[str, str] | None = None) -> tuple[str, str]:
-        """The Host header and the request path for ``key`` in ``bucket``, with ``query`` encoded for SigV4."""
-        quoted = urllib.parse.quote(key, safe="/~")
-        suffix = f"?{query_string(query)}" if query else ""
-        if self.path_style:
-            return self.host, f"/{bucket}/{quoted}{suffix}"
-        return f"{bucket}.{self.host}", f"/{quoted}{suffix}"
-
-    @property
-    def endpoint(self) -> str:
-        """``scheme://host`` for messages."""
-        return f"{self.scheme}://{self.host}"
-
-
-def query_string(query: dict[str, str]) -> str:
-    """``query`` percent-encoded as SigV4 canonicalizes it: a space is ``%20``, never ``+`` (form encoding).
-
-    A form-encoded prefix or continuation token with a space would be signed as ``%20`` and sent as ``+``: S3
-    answers 403 SignatureDoesNotMatch.
-    """
-    return "&".join(
-        f"{urllib.parse.quote(name, safe='-_.~')}={urllib.parse.quote(value, safe='-_.~')}"
-        for name, value in query.items()
-    )
-
-
 def location_from_boto3_client(client: Any, bucket: str) -> S3Location:
     """Read endpoint, addressing style and region off a configured boto3 S3 client (e.g. ``S3Hook().conn``).
 
@@ -101,23 +66,6 @@ def location_from_boto3_client(client: Any, bucket: str) -> S3Location:
     return S3Location(parts.scheme, host, client.meta.region_name or "us-east-1", path_style, verify)
 
 
-def crt_credentials(credentials: Any) -> Any:
-    """An awscrt credentials provider over botocore credentials, refreshed as botocore refreshes them.
-
-    An assumed role from the connection's role_arn therefore keeps working through long uploads.
-    """
-    from awscrt.auth import AwsCredentials, AwsCredentialsProvider
-
-    if credentials is None:
-        raise S3Error("No AWS credentials: the S3 connection has none and none were found in the environment")
-
-    def current() -> AwsCredentials:
-        frozen = credentials.get_frozen_credentials()
-        return AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
-
-    return AwsCredentialsProvider.new_delegate(current)
-
-
 @dataclass(frozen=True)
 class Uploaded:
     """How one upload ended: ``error`` (None on success) and the ETag S3 answered with."""
@@ -127,18 +75,19 @@ class Uploaded:
 
 
 class CrtS3:
-    """A thin, thread-safe wrapper over ``awscrt.s3.S3Client`` for listing, uploading and inspecting objects.
+    """Listing, inspecting and uploading objects at one endpoint; thread-safe.
 
-    :param memory_limit: bytes the client may hold in its buffer pool (at least 256 MiB, the CRT's minimum); every
-        file of ``multipart_threshold`` or more goes up in parts of ``part_size`` from that pool.
-    :param request_timeout: seconds a listing, HEAD or small request may take before it is cancelled (an endpoint
-        that accepts the connection and never answers would otherwise hold the sync for ever).
+    :param credentials: where the keys come from, for the requests signed here and for the CRT client.
+    :param memory_limit: bytes the CRT client may hold in its buffer pool (at least 256 MiB, the CRT's minimum);
+        every file of ``multipart_threshold`` or more goes up in parts of ``part_size`` from that pool.
+    :param request_timeout: seconds a listing, HEAD or small request may wait for an answer before it fails (an
+        endpoint that accepts the connection and never answers would otherwise hold the sync for ever).
     """
 
     def __init__(
         self,
         location: S3Location,
-        credentials_provider: Any,
+        credentials: CredentialSource,
         *,
         part_size: int,
         multipart_threshold: int,
@@ -146,24 +95,31 @@ class CrtS3:
         checksum: str = "crc32",
         request_timeout: float = 60.0,
     ) -> None:
-        from awscrt import auth, io, s3
-
-        self._s3 = s3
         self.location = location
+        self.credentials = credentials
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
+        self.memory_limit = memory_limit
+        self.checksum = checksum
         self.request_timeout = request_timeout
-        self._checksum = (
+        self._control = ControlClient(location, credentials, request_timeout)
+
+    @cached_property
+    def _crt(self) -> tuple[Any, Any, Any]:
+        """The CRT's s3 module, its client and the checksum config, built on the first upload."""
+        from awscrt import auth, io, s3
+
+        checksum = (
             s3.S3ChecksumConfig(algorithm=s3.S3ChecksumAlgorithm.CRC32, location=s3.S3ChecksumLocation.TRAILER)
-            if checksum == "crc32"
+            if self.checksum == "crc32"
             else None
         )
         signing = auth.AwsSigningConfig(
             algorithm=auth.AwsSigningAlgorithm.V4,
             signature_type=auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
             service="s3",
-            region=location.region,
-            credentials_provider=credentials_provider,
+            region=self.location.region,
+            credentials_provider=self.credentials.crt_provider(),
             # The payload is protected by the CRC32 trailer (and TLS in production), not hashed twice.
             signed_body_value=auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
             # S3's rules: the key is encoded once and never normalized ("a//b" and "a/./b" are keys of their own).
@@ -171,21 +127,22 @@ class CrtS3:
             should_normalize_uri_path=False,
         )
         tls_options = None
-        if location.scheme == "https":
+        if self.location.scheme == "https":
             context_options = io.TlsContextOptions()
-            context_options.verify_peer = location.verify_tls
+            context_options.verify_peer = self.location.verify_tls
             tls_options = io.ClientTlsContext(context_options).new_connection_options()
-        self._client = s3.S3Client(
+        client = s3.S3Client(
             bootstrap=io.ClientBootstrap(io.EventLoopGroup(0), io.DefaultHostResolver(io.EventLoopGroup(1))),
-            region=location.region,
+            region=self.location.region,
             signing_config=signing,
-            tls_mode=s3.S3RequestTlsMode.ENABLED if location.scheme == "https" else s3.S3RequestTlsMode.DISABLED,
+            tls_mode=s3.S3RequestTlsMode.ENABLED if self.location.scheme == "https" else s3.S3RequestTlsMode.DISABLED,
             tls_connection_options=tls_options,
-            part_size=part_size,
-            multipart_upload_threshold=multipart_threshold,
-            memory_limit=max(memory_limit, CRT_MIN_MEMORY),
-            connect_timeout_ms=int(min(request_timeout, 30.0) * 1000),
+            part_size=self.part_size,
+            multipart_upload_threshold=self.multipart_threshold,
+            memory_limit=max(self.memory_limit, CRT_MIN_MEMORY),
+            connect_timeout_ms=int(min(self.request_timeout, 30.0) * 1000),
         )
+        return s3, client, checksum
 
     def _headers(self, host: str, extra: Iterable[tuple[str, str]] = ()) -> Any:
         from awscrt.http import HttpHeaders
@@ -195,34 +152,8 @@ class CrtS3:
     def _request(
         self, method: str, host: str, path: str, operation: str, headers: Iterable[tuple[str, str]] = ()
     ) -> tuple[int, dict[str, str], bytes]:
-        """One signed request, waited for at most ``request_timeout``; (status, headers, body) of a 2xx answer."""
-        from awscrt.http import HttpRequest
-
-        body = bytearray()
-        answer: dict[str, Any] = {}
-        result: dict[str, Any] = {}
-        request = self._client.make_request(
-            type=self._s3.S3RequestType.DEFAULT,
-            operation_name=operation,
-            request=HttpRequest(method, path, self._headers(host, headers)),
-            on_headers=lambda status_code, headers, **_: answer.update(status=status_code, headers=dict(headers)),
-            on_body=lambda chunk, **_: body.extend(chunk),
-            on_done=lambda **kwargs: result.update(kwargs),
-        )
-        try:
-            request.finished_future.result(self.request_timeout)
-        except TimeoutError:
-            request.cancel()
-            with contextlib.suppress(Exception):
-                request.finished_future.result(10)
-            raise S3Error(
-                f"{operation} to {self.location.endpoint} got no answer within {self.request_timeout:g}s"
-            ) from None
-        except Exception:  # the failure is described by on_done's arguments
-            pass
-        if result.get("error") is not None or not result:
-            raise S3Error(f"{operation} to {self.location.endpoint} failed: {describe_failure(result)}")
-        return int(answer.get("status", 200)), {k.lower(): v for k, v in answer.get("headers", {}).items()}, bytes(body)
+        """One signed bodiless request (:class:`ControlClient`); (status, headers, body) of a 2xx answer."""
+        return self._control.request(method, host, path, operation, headers)
 
     def _xml(self, body: bytes, operation: str, root_tag: str) -> ET.Element:
         """The answer's XML root, checked to be the S3 document expected (an HTML page is not an empty listing)."""
@@ -315,11 +246,12 @@ class CrtS3:
         )
         answer: dict[str, str] = {}
         result: dict[str, Any] = {}
-        request = self._client.make_request(
-            type=self._s3.S3RequestType.PUT_OBJECT,
+        s3, client, checksum = self._crt
+        request = client.make_request(
+            type=s3.S3RequestType.PUT_OBJECT,
             request=HttpRequest("PUT", target, headers),
             send_filepath=path,
-            checksum_config=self._checksum,
+            checksum_config=checksum,
             on_headers=lambda status_code, headers, **_: answer.update({k.lower(): v for k, v in headers}),
             on_done=lambda **kwargs: result.update(kwargs),
         )
@@ -338,12 +270,18 @@ class CrtS3:
         on_done: Callable[[Uploaded], None],
         on_progress: Callable[[int], None],
     ) -> Any:
-        """Start uploading ``path`` to ``key``; ``on_done`` runs on a CRT thread with the error or the ETag."""
+        """Start uploading ``path`` to ``key``; ``on_done`` runs on a CRT thread with the error or the ETag.
+
+        The Content-Type is guessed from the file's name as ``aws s3 sync`` and ``aws s3 cp`` guess it, and, as
+        they do, not sent when no type is known (S3 then stores its default).
+        """
         from awscrt.http import HttpRequest
 
+        s3, client, checksum = self._crt
         host, target = self.location.request_target(bucket, key)
-        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-        headers = self._headers(host, [("Content-Length", str(size)), ("Content-Type", content_type)])
+        content_type = mimetypes.guess_type(path)[0]
+        typed = [("Content-Type", content_type)] if content_type else []
+        headers = self._headers(host, [("Content-Length", str(size)), *typed])
         answer: dict[str, str] = {}
 
         def headers_received(status_code: int, headers: Any, **_: Any) -> None:
@@ -355,11 +293,11 @@ class CrtS3:
             else:
                 on_done(Uploaded(None, answer.get("etag", "").strip('"')))
 
-        return self._client.make_request(
-            type=self._s3.S3RequestType.PUT_OBJECT,
+        return client.make_request(
+            type=s3.S3RequestType.PUT_OBJECT,
             request=HttpRequest("PUT", target, headers),
             send_filepath=path,
-            checksum_config=self._checksum,
+            checksum_config=checksum,
             on_headers=headers_received,
             on_done=done,
             on_progress=lambda progress, **_: on_progress(progress),
@@ -372,18 +310,7 @@ def _epoch(text: str) -> float:
 
 def describe_failure(result: dict[str, Any]) -> str:
     """A CRT request's failure in one line: the HTTP status, S3's error code and message, or the CRT error."""
-    status = result.get("status_code")
-    body = result.get("error_body") or b""
-    detail = ""
-    if body:
-        try:
-            root = ET.fromstring(body)
-            detail = f"{root.findtext('Code', '')}: {root.findtext('Message', '')}".strip(": ")
-        except ET.ParseError:
-            detail = body[:200].decode("utf-8", "replace").replace("\n", " ")
-    error = result.get("error")
-    parts = [f"HTTP {status}" if status else "", detail, "" if detail else str(error or "")]
-    return " ".join(part for part in parts if part) or "unknown error"
+    return describe_answer(result.get("status_code"), result.get("error_body") or b"", result.get("error"))
 
 
 # -- listings in key order -------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hortacloud.s3sync.control import query_string
 from hortacloud.s3sync.engine import merge_join, needs_upload
 from hortacloud.s3sync.local import LocalFile, SourceError, overlay, read_file_list, walk_sorted, write_file_list
-from hortacloud.s3sync.remote import RemoteObject, key_ordered, query_string
+from hortacloud.s3sync.remote import RemoteObject, key_ordered
 
 
 def _touch(root: Path, relative: str, size: int = 1) -> None:
