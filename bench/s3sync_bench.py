@@ -1,7 +1,8 @@
 """Our sync engine against ``s5cmd sync``, ``aws s3 sync`` and a plain boto3 uploader on one local SeaweedFS.
 
-Each tool syncs the same generated trees to its own prefix, first cold and then again with nothing changed; the
-table shows wall time, files/s, MB/s, peak RSS and our time as a ratio of each tool's. The trees: *small* (5,000
+Each tool syncs the same generated trees to its own prefixes, cold (three rounds to fresh prefixes, the tool order
+rotated each round) and then with nothing changed (five runs); the table shows the median wall time, files/s,
+MB/s, peak RSS and our time as a ratio of each tool's. The trees: *small* (5,000
 files of 64 KiB), *mixed* (5,000 of 64-512 KiB plus two of 64 MiB) and *ktx* (a real sample's shape: 48 blocks of
 36-46 MiB over three octree levels plus two 160 MiB tiffs). For each tree a disk-write ceiling (``dd ...
 conv=fdatasync`` of the tree's bytes, on the disk SeaweedFS writes to) says how close to the machine's limit the
@@ -35,7 +36,8 @@ from devstack.sampletree import make_flat_tree, tree_bytes
 BUCKET = "bench"
 KIB = 1024
 MIB = 1024 * KIB
-#: Times each no-op is run; its median is the figure.
+#: Times each tool syncs a tree cold (to fresh prefixes) and with nothing to do; the median is the figure.
+COLD_ROUNDS = 3
 NO_OP_RUNS = 5
 
 
@@ -235,15 +237,28 @@ def run(tools_venv: Path, workdir: Path, scale: float, strict: bool) -> int:
             for phase in ("cold", "no-op"):
                 # The floor only lists and compares, so it times the no-op against what we uploaded cold.
                 tools = [tool for tool in commands if tool != "floor" or phase == "no-op"]
-                random.Random(tree_name + phase).shuffle(tools)  # no tool always goes first
+                random.Random(tree_name + phase).shuffle(tools)
+                times: dict[str, list[float]] = {tool: [] for tool in tools}
+                peaks: dict[str, float] = dict.fromkeys(tools, 0.0)
+                # Cold: COLD_ROUNDS rounds, each to fresh prefixes, the order rotated so that every tool runs in
+                # another place (the first writer after the disk-ceiling run is slowed, whoever it is). No-op: it
+                # lasts tens of milliseconds on the ktx tree, so each tool runs NO_OP_RUNS times.
+                for round_number in range(COLD_ROUNDS if phase == "cold" else NO_OP_RUNS):
+                    turn = round_number % len(tools)
+                    for tool in tools[turn:] + tools[:turn]:
+                        prefix = "hortacloud" if tool == "floor" else tool
+                        copy = round_number if phase == "cold" else 0
+                        seconds, peak = run_measured(
+                            commands[tool](tree, f"s3://{BUCKET}/{prefix}/{tree_name}/{copy}/"), env
+                        )
+                        times[tool].append(seconds)
+                        peaks[tool] = max(peaks[tool], peak)
                 for tool in tools:
-                    prefix = "hortacloud" if tool == "floor" else tool
-                    argv = commands[tool](tree, f"s3://{BUCKET}/{prefix}/{tree_name}/")
-                    # A no-op lasts tens of milliseconds on the ktx tree: the median of a few runs, not one.
-                    runs = [run_measured(argv, env) for _ in range(1 if phase == "cold" else NO_OP_RUNS)]
-                    seconds, peak = statistics.median(t for t, _ in runs), max(p for _, p in runs)
-                    rows.append(Measurement(tool, tree_name, phase, seconds, files, size, peak))
-                    print(f"  {tree_name} {phase} {tool}: {seconds:.2f} s, peak RSS {peak:.1f} MiB", flush=True)
+                    seconds = statistics.median(times[tool])
+                    rows.append(Measurement(tool, tree_name, phase, seconds, files, size, peaks[tool]))
+                    shown = ", ".join(f"{t:.2f}" for t in times[tool])
+                    print(f"  {tree_name} {phase} {tool}: median {seconds:.2f} s ({shown}), ", end="")
+                    print(f"peak RSS {peaks[tool]:.1f} MiB", flush=True)
         print_table(rows)
         print("\nOur cold MB/s as a fraction of the disk-write ceiling (the same bytes, dd conv=fdatasync):")
         for tree_name in trees:
