@@ -283,3 +283,10 @@ def test_a_sync_with_nothing_to_do_never_loads_the_crt(s3_server, fresh_bucket, 
     assert not _crt_loaded(s3_server, str(sample), destination)  # the second lists, compares and stops
     (sample / "transform.txt").write_text("changed, longer than before\n")
     assert _crt_loaded(s3_server, str(sample), destination)
+
+
+def test_an_endpoint_url_with_a_password_is_refused_without_showing_it(s3_server, tmp_path):
+    sample = make_sample(tmp_path / "s", depth=0, odd_names=False)
+    done = _cli(s3_server, str(sample), "s3://bucket/p/", "--endpoint-url", "http://user:hunter2@127.0.0.1:9")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "carries a user or password" in done.stderr and "hunter2" not in done.stderr + done.stdout

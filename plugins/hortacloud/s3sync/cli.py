@@ -58,6 +58,8 @@ def client_from_args(args: argparse.Namespace) -> CrtS3:
     region = args.region or "us-east-1"
     if args.endpoint_url:
         endpoint = urllib.parse.urlsplit(args.endpoint_url)
+        if endpoint.username or endpoint.password:  # never echoed: it would show the password
+            raise SystemExit("--endpoint-url carries a user or password; credentials come only from the environment")
         location = S3Location(endpoint.scheme, endpoint.netloc, region, path_style=True)
     else:
         location = S3Location("https", f"s3.{region}.amazonaws.com", region, path_style=False)

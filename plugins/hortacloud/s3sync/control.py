@@ -18,6 +18,7 @@ import hmac
 import http.client
 import os
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -34,7 +35,14 @@ ATTEMPTS = 5
 
 
 class S3Error(RuntimeError):
-    """S3 (or whatever answered) refused or failed a request; the message names the request and the answer."""
+    """S3 (or whatever answered) refused or failed a request; the message names the request and the answer.
+
+    ``status`` is the HTTP status of a refusal (None when there was no answer).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def query_string(query: dict[str, str]) -> str:
@@ -84,11 +92,18 @@ class S3Location:
 
 @dataclass(frozen=True)
 class Credentials:
-    """One set of AWS keys; the secret and the token never appear in a repr or a log line."""
+    """One set of AWS keys; the secret and the token never appear in a repr or a log line.
+
+    Surrounding whitespace is dropped (a key read from a file often ends in a newline, which no header may carry).
+    """
 
     access_key: str
     secret_key: str = field(repr=False)
     token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("access_key", "secret_key", "token"):
+            object.__setattr__(self, name, (getattr(self, name) or "").strip())
 
 
 class CredentialSource:
@@ -163,6 +178,10 @@ class ChainCredentials(CredentialSource):
         """The chain's keys of the moment (it caches them until they near expiry)."""
         try:
             found = self.crt_provider().get_credentials().result(self.timeout)
+        except TimeoutError:
+            raise S3Error(
+                f"No AWS credentials from the default chain (environment, profile, roles) within {self.timeout:g}s"
+            ) from None
         except Exception as err:  # the chain's own words: which links it tried
             raise S3Error(f"No AWS credentials from the default chain (environment, profile, roles): {err}") from None
         return Credentials(found.access_key_id, found.secret_access_key, found.session_token or "")
@@ -238,12 +257,18 @@ def describe_answer(status: int | None, body: bytes, error: object = None) -> st
 
 # -- the client ---------------------------------------------------------------------------------------------------
 
+#: A kept-alive connection idle longer than this is closed rather than reused: a firewall or load balancer may have
+#: dropped it without a word, and a request on it would wait the whole timeout (the verify pass lists again on the
+#: connection the plan used, hours of uploads later).
+IDLE_SECONDS = 20.0
+
 
 class ControlClient:
     """Signed bodiless requests to one S3 endpoint, one kept-alive connection per thread and host, retried.
 
-    Connection failures and 5xx answers are retried with jittered backoff, up to :data:`ATTEMPTS` tries; a request
-    that gets no answer within ``timeout`` seconds fails at once (a silent endpoint does not hold a sync for ever).
+    Connection failures and 5xx answers are retried with jittered exponential backoff (honouring ``Retry-After``),
+    up to :data:`ATTEMPTS` tries; a refused certificate fails at once. ``timeout`` bounds each wait for the server
+    (to connect, and for each part of the answer): a silent endpoint fails after it, and is not retried.
     """
 
     def __init__(self, location: S3Location, credentials: CredentialSource, timeout: float) -> None:
@@ -251,24 +276,36 @@ class ControlClient:
         self.credentials = credentials
         self.timeout = timeout
         self._local = threading.local()
+        self._tls: Any = None
+        self._tls_lock = threading.Lock()
 
-    def _connection(self, host: str) -> http.client.HTTPConnection:
-        pool: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("connections", {})
-        if host not in pool:
-            if self.location.scheme == "https":
-                import ssl
-
+    def _tls_context(self) -> Any:
+        """One TLS context for all threads (loading the CA store once)."""
+        with self._tls_lock:
+            if self._tls is None:
                 context = ssl.create_default_context()
                 if not self.location.verify_tls:
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
-                pool[host] = http.client.HTTPSConnection(host, timeout=self.timeout, context=context)
+                self._tls = context
+            return self._tls
+
+    def _connection(self, host: str) -> http.client.HTTPConnection:
+        pool: dict[str, tuple[http.client.HTTPConnection, float]] = self._local.__dict__.setdefault("pool", {})
+        connection, last_used = pool.get(host, (None, 0.0))
+        if connection is not None and time.monotonic() - last_used > IDLE_SECONDS:
+            connection.close()
+            connection = None
+        if connection is None:
+            if self.location.scheme == "https":
+                connection = http.client.HTTPSConnection(host, timeout=self.timeout, context=self._tls_context())
             else:
-                pool[host] = http.client.HTTPConnection(host, timeout=self.timeout)
-        return pool[host]
+                connection = http.client.HTTPConnection(host, timeout=self.timeout)
+        pool[host] = (connection, time.monotonic())
+        return connection
 
     def _drop(self, host: str) -> None:
-        connection = self._local.__dict__.get("connections", {}).pop(host, None)
+        connection, _ = self._local.__dict__.get("pool", {}).pop(host, (None, 0.0))
         if connection is not None:
             connection.close()
 
@@ -276,48 +313,72 @@ class ControlClient:
         self, method: str, host: str, target: str, operation: str, headers: Iterable[tuple[str, str]] = ()
     ) -> tuple[int, dict[str, str], bytes]:
         """Send one request; (status, lower-cased headers, body) of its 2xx answer, or :class:`S3Error`."""
+        where = f"{operation} to {self.location.endpoint}"
         extra = dict(headers)
         for attempt in range(1, ATTEMPTS + 1):
-            signed = sign(method, host, target, extra, self.credentials.current(), self.location.region, _now())
-            connection = self._connection(host)
             try:
-                connection.request(method, target, headers=signed)
-                answer = connection.getresponse()
-                body = answer.read()
-            except TimeoutError:
-                self._drop(host)
-                raise S3Error(
-                    f"{operation} to {self.location.endpoint} got no answer within {self.timeout:g}s"
-                ) from None
-            except (OSError, http.client.HTTPException) as err:
-                self._drop(host)
+                status, answered, body = self._send(method, host, target, extra, where)
+            except _Retryable as err:
                 if attempt == ATTEMPTS:
-                    raise S3Error(
-                        f"{operation} to {self.location.endpoint} failed after {ATTEMPTS} tries: "
-                        f"{type(err).__name__}: {err}"
-                    ) from None
+                    raise S3Error(f"{where} failed after {ATTEMPTS} tries: {err}") from None
                 _backoff(attempt)
                 continue
-            if answer.will_close:
-                self._drop(host)
-            if answer.status in RETRIED_STATUS and attempt < ATTEMPTS:
-                _backoff(attempt)
+            if status in RETRIED_STATUS and attempt < ATTEMPTS:
+                _backoff(attempt, answered.get("retry-after"))
                 continue
-            if not 200 <= answer.status < 300:
-                raise S3Error(f"{operation} to {self.location.endpoint} failed: {describe_answer(answer.status, body)}")
-            return answer.status, {name.lower(): value for name, value in answer.getheaders()}, body
+            if not 200 <= status < 300:
+                raise S3Error(f"{where} failed: {describe_answer(status, body)}", status)
+            return status, answered, body
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def close(self) -> None:
-        """Close this thread's connections."""
-        for host in list(self._local.__dict__.get("connections", {})):
+    def _send(
+        self, method: str, host: str, target: str, extra: dict[str, str], where: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One try: (status, lower-cased headers, body); :class:`_Retryable` for a failure worth another try."""
+        try:
+            keys = self.credentials.current()
+        except S3Error:
+            raise
+        except Exception as err:  # a refresh that failed (an assumed role's STS call): its type, never its keys
+            raise S3Error(f"{where}: the credentials could not be refreshed ({type(err).__name__})") from None
+        signed = sign(method, host, target, extra, keys, self.location.region, _now())
+        try:
+            connection = self._connection(host)
+            connection.request(method, target, headers=signed)
+            answer = connection.getresponse()
+            body = answer.read()
+        except TimeoutError:
             self._drop(host)
+            raise S3Error(f"{where} got no answer within {self.timeout:g}s") from None
+        except ssl.SSLCertVerificationError as err:  # another try cannot help
+            self._drop(host)
+            raise S3Error(f"{where} failed: TLS refused the certificate: {err.verify_message}") from None
+        except (OSError, http.client.HTTPException) as err:
+            self._drop(host)
+            raise _Retryable(f"{type(err).__name__}: {err}") from None
+        except (ValueError, UnicodeError):  # a header no HTTP request can carry; its value (a key?) is not shown
+            self._drop(host)
+            raise S3Error(f"{where} failed: a header holds characters HTTP cannot carry (check the AWS keys)") from None
+        if answer.will_close:
+            self._drop(host)
+        return answer.status, {name.lower(): value for name, value in answer.getheaders()}, body
+
+
+class _Retryable(Exception):
+    """A try that failed in a way another try may not (a reset connection, a refused one, a lost answer)."""
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _backoff(attempt: int) -> None:
-    """Full-jitter exponential backoff: up to 0.1, 0.2, 0.4 ... seconds, at most 5."""
-    time.sleep(random.uniform(0, min(5.0, 0.1 * 2 ** (attempt - 1))))
+def _backoff(attempt: int, retry_after: str | None = None) -> None:
+    """Wait before try ``attempt + 1``.
+
+    ``Retry-After`` when the server gave seconds, else full-jitter exponential backoff of up to 0.5, 1, 2, 4 ...
+    seconds, at most 20 (botocore's standard retry mode caps at 20 too).
+    """
+    if retry_after and retry_after.strip().isdigit():
+        time.sleep(min(float(retry_after), 20.0))
+        return
+    time.sleep(random.uniform(0, min(20.0, 0.5 * 2 ** (attempt - 1))))

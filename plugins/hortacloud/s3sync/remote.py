@@ -16,11 +16,11 @@ import json
 import mimetypes
 import os
 import tempfile
+import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from hortacloud.s3sync.control import ControlClient, CredentialSource, S3Error, S3Location, describe_answer
@@ -103,10 +103,18 @@ class CrtS3:
         self.checksum = checksum
         self.request_timeout = request_timeout
         self._control = ControlClient(location, credentials, request_timeout)
+        self._crt_lock = threading.Lock()
+        self._crt_parts: tuple[Any, Any, Any] | None = None
 
-    @cached_property
+    @property
     def _crt(self) -> tuple[Any, Any, Any]:
-        """The CRT's s3 module, its client and the checksum config, built on the first upload."""
+        """The CRT's s3 module, its client and the checksum config, built on the first upload (once)."""
+        with self._crt_lock:
+            if self._crt_parts is None:
+                self._crt_parts = self._start_crt()
+            return self._crt_parts
+
+    def _start_crt(self) -> tuple[Any, Any, Any]:
         from awscrt import auth, io, s3
 
         checksum = (
@@ -226,9 +234,17 @@ class CrtS3:
             }
 
     def abort_multipart_upload(self, bucket: str, upload: MultipartUpload) -> None:
-        """Abort one incomplete multipart upload (its parts stop costing storage)."""
+        """Abort one incomplete multipart upload (its parts stop costing storage); one already gone is not an error.
+
+        A 404 (NoSuchUpload) means it is gone: another sync aborted it, or this abort's first try went through and
+        its answer was lost, so the retry finds nothing.
+        """
         host, path = self.location.request_target(bucket, upload.key, {"uploadId": upload.upload_id})
-        self._request("DELETE", host, path, "AbortMultipartUpload")
+        try:
+            self._request("DELETE", host, path, "AbortMultipartUpload")
+        except S3Error as err:
+            if err.status != 404:
+                raise
 
     def get(self, bucket: str, key: str) -> bytes:
         """A small object's bytes (a manifest)."""

@@ -15,6 +15,7 @@ from botocore.credentials import Credentials as BotocoreKeys
 
 from hortacloud.s3sync import control
 from hortacloud.s3sync.control import (
+    BotocoreCredentials,
     ChainCredentials,
     ControlClient,
     Credentials,
@@ -126,7 +127,7 @@ def _client(server: Any) -> ControlClient:
 
 
 def test_5xx_answers_are_retried_then_the_answer_is_returned(scripted, monkeypatch):
-    monkeypatch.setattr(control, "_backoff", lambda attempt: None)
+    monkeypatch.setattr(control, "_backoff", lambda attempt, retry_after=None: None)
     slow_down = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
     scripted.script[:] = [(503, slow_down), (500, b""), (200, b"<ok/>")]
     client = _client(scripted)
@@ -138,7 +139,7 @@ def test_5xx_answers_are_retried_then_the_answer_is_returned(scripted, monkeypat
 
 
 def test_a_5xx_on_every_try_fails_with_the_servers_words(scripted, monkeypatch):
-    monkeypatch.setattr(control, "_backoff", lambda attempt: None)
+    monkeypatch.setattr(control, "_backoff", lambda attempt, retry_after=None: None)
     slow_down = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
     scripted.script[:] = [(503, slow_down)] * control.ATTEMPTS
     client = _client(scripted)
@@ -167,3 +168,66 @@ def test_a_kept_alive_connection_is_reused_and_a_dropped_one_is_reopened(scripte
     first.sock.close()  # type: ignore[union-attr]  # the server or a proxy dropped it while idle
     client.request("HEAD", host, target, "HeadObject")
     assert len(scripted.seen) == 3
+
+
+def test_keys_lose_surrounding_whitespace():
+    assert Credentials(" AKID\n", "secret\n", "token\r\n") == Credentials("AKID", "secret", "token")
+
+
+def test_a_key_no_header_can_carry_fails_in_one_line_without_showing_it(scripted):
+    client = _client(scripted)
+    client.credentials = StaticCredentials(Credentials("AKID", "secret", "tok\nen-part-two"))
+    host, target = client.location.request_target("b", "k")
+    with pytest.raises(S3Error) as raised:
+        client.request("GET", host, target, "GetObject")
+    assert "cannot carry (check the AWS keys)" in str(raised.value)
+    assert "en-part-two" not in str(raised.value) and raised.value.__cause__ is None
+    assert scripted.seen == []
+
+
+def test_a_refresh_that_fails_names_its_type_not_its_words(scripted):
+    class Refusing:
+        def get_frozen_credentials(self) -> None:
+            raise RuntimeError("sts said no to key AKIA-SECRET-LOOKING")
+
+    client = _client(scripted)
+    client.credentials = BotocoreCredentials(Refusing())
+    host, target = client.location.request_target("b", "k")
+    with pytest.raises(S3Error, match=r"credentials could not be refreshed \(RuntimeError\)") as raised:
+        client.request("GET", host, target, "GetObject")
+    assert "AKIA" not in str(raised.value)
+
+
+def test_retry_after_is_honoured_and_backoff_is_capped(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(control.time, "sleep", slept.append)
+    control._backoff(1, "2")
+    control._backoff(30)
+    assert slept[0] == 2.0 and 0 <= slept[1] <= 20.0
+
+
+def test_an_idle_connection_is_not_reused(scripted, monkeypatch):
+    monkeypatch.setattr(control, "IDLE_SECONDS", 0.0)
+    client = _client(scripted)
+    host, target = client.location.request_target("b", "k")
+    client.request("HEAD", host, target, "HeadObject")
+    first = client._connection(host)
+    client.request("HEAD", host, target, "HeadObject")
+    assert client._connection(host) is not first
+
+
+def test_aborting_an_upload_that_is_already_gone_is_not_an_error(scripted):
+    from hortacloud.s3sync.remote import CrtS3, MultipartUpload
+
+    s3 = CrtS3(
+        _client(scripted).location,
+        StaticCredentials(Credentials("AKID", "secret")),
+        part_size=1,
+        multipart_threshold=1,
+        memory_limit=1,
+    )
+    scripted.script[:] = [(404, b"<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"), (403, b"")]
+    s3.abort_multipart_upload("b", MultipartUpload("k", "id", 0.0))
+    with pytest.raises(S3Error, match="HTTP 403"):
+        s3.abort_multipart_upload("b", MultipartUpload("k", "id", 0.0))
+    assert [(method, path) for method, path, _ in scripted.seen] == [("DELETE", "/b/k?uploadId=id")] * 2
