@@ -45,11 +45,14 @@ LOCATION_TITLES = {
     dag_display_name="Rebuild neuron metadata",
     description="Nightly: neuron metadata in s3://janelia-mouselight-imagery rebuilt from NeuronBrowser",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(CONFIG.neuronbrowser.schedule, timezone=CONFIG.timezone),
+        timetable=CronTriggerTimetable(
+            CONFIG.neuronbrowser.schedule, timezone=CONFIG.timezone, run_immediately=dt.timedelta(0)
+        ),
         assets=TRACINGS_UPDATED,
     ),
-    # No start_date: with one and catchup=False, the cron timetable runs its latest past tick (last night) the moment
-    # the DAG is unpaused; without, the first scheduled run is the next nightly one.
+    # No start_date, and run_immediately a zero window: the first scheduled run is the next nightly one, whenever the
+    # DAG is unpaused. With a start_date the cron timetable runs its latest past tick at once; and run_immediately's
+    # default, False, still runs it when unpaused within 10% of a day (2.4 h) after it (apache/airflow#64162).
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

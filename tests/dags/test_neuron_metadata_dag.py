@@ -58,6 +58,26 @@ def test_dag_shape_schedule_and_params() -> None:
     assert dag.get_task("build_and_write").upstream_task_ids == {"fetch_mapping", "scan"}
 
 
+@pytest.mark.parametrize("minutes_after", [1, 20, 140, 600])
+def test_unpausing_after_a_nightly_tick_waits_for_the_next_one(monkeypatch, minutes_after: int) -> None:
+    """The scheduler's own timetable (serialized and decoded as it holds it), unpaused some time after 02:00 EST."""
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables import trigger
+    from airflow.timetables.base import TimeRestriction
+
+    dag = DagBag(dag_folder=str(ROOT / "dags" / f"{DAG_ID}.py")).dags[DAG_ID]
+    timetable = decode_timetable(encode_timetable(dag.timetable))
+    tick = pendulum.datetime(2026, 12, 2, 2, 0, tz="America/New_York")
+    monkeypatch.setattr(trigger, "utcnow", lambda: tick.add(minutes=minutes_after).in_tz("UTC"))
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False)
+    )
+    assert first is not None and first.run_after == tick.add(days=1)
+
+
 def test_nightly_run_writes_then_nothing_then_refuses_worse_data(site, s3_client, nb_server, capfd, caplog) -> None:
     run = run_dag(DAG_ID, {}, retries=0)
     assert str(run.state) == "success", task_states(run)
