@@ -157,12 +157,6 @@ class CrtS3:
 
         return HttpHeaders([("Host", host), *extra])
 
-    def _request(
-        self, method: str, host: str, path: str, operation: str, headers: Iterable[tuple[str, str]] = ()
-    ) -> tuple[int, dict[str, str], bytes]:
-        """One signed bodiless request (:class:`ControlClient`); (status, headers, body) of a 2xx answer."""
-        return self._control.request(method, host, path, operation, headers)
-
     def _xml(self, body: bytes, operation: str, root_tag: str) -> ET.Element:
         """The answer's XML root, checked to be the S3 document expected (an HTML page is not an empty listing)."""
         try:
@@ -187,7 +181,7 @@ class CrtS3:
                 query["continuation-token"] = token
             host, path = self.location.request_target(bucket, "", query)
             try:
-                _, _, body = self._request("GET", host, path, "ListObjectsV2")
+                _, _, body = self._control.request("GET", host, path, "ListObjectsV2")
             except S3Error as err:
                 raise S3Error(f"Listing s3://{bucket}/{prefix} failed: {err}") from None
             root = self._xml(body, f"Listing s3://{bucket}/{prefix}", "ListBucketResult")
@@ -209,7 +203,7 @@ class CrtS3:
     def head(self, bucket: str, key: str) -> dict[str, str]:
         """The object's headers with the checksum S3 stored (``x-amz-checksum-crc32``, ``etag``, ...)."""
         host, path = self.location.request_target(bucket, key)
-        _, headers, _ = self._request("HEAD", host, path, "HeadObject", [("x-amz-checksum-mode", "ENABLED")])
+        _, headers, _ = self._control.request("HEAD", host, path, "HeadObject", [("x-amz-checksum-mode", "ENABLED")])
         return headers
 
     def multipart_uploads(self, bucket: str, prefix: str) -> Iterator[MultipartUpload]:
@@ -218,7 +212,7 @@ class CrtS3:
         while True:
             query = {"uploads": "", "prefix": prefix, "encoding-type": "url", **markers}
             host, path = self.location.request_target(bucket, "", query)
-            _, _, body = self._request("GET", host, path, "ListMultipartUploads")
+            _, _, body = self._control.request("GET", host, path, "ListMultipartUploads")
             root = self._xml(body, f"Listing multipart uploads of s3://{bucket}/{prefix}", "ListMultipartUploadsResult")
             for upload in root.iter(f"{_S3_NS}Upload"):
                 yield MultipartUpload(
@@ -241,7 +235,7 @@ class CrtS3:
         """
         host, path = self.location.request_target(bucket, upload.key, {"uploadId": upload.upload_id})
         try:
-            self._request("DELETE", host, path, "AbortMultipartUpload")
+            self._control.request("DELETE", host, path, "AbortMultipartUpload")
         except S3Error as err:
             if err.status != 404:
                 raise
@@ -249,7 +243,7 @@ class CrtS3:
     def get(self, bucket: str, key: str) -> bytes:
         """A small object's bytes (a manifest)."""
         host, path = self.location.request_target(bucket, key)
-        return self._request("GET", host, path, "GetObject")[2]
+        return self._control.request("GET", host, path, "GetObject")[2]
 
     def put_file(self, bucket: str, key: str, path: str, content_type: str, metadata: dict[str, str]) -> str:
         """Put one file with ``Content-Type`` and ``x-amz-meta-*`` headers and wait for it; returns its ETag."""
